@@ -1,0 +1,22 @@
+"""audiovit: train, evaluate and use Vision Transformer audio classifiers on log-mel spectrograms.
+
+    import audiovit
+    clf = audiovit.load_model("runs/demo/model.pt")
+    result = clf.predict("song.mp3", top_k=3)
+    result.label, result.score, result.top_k, result.segments
+"""
+
+__version__ = "0.1.0"
+
+from .audio import AudioError, load as load_audio
+from .data import Dataset, SplitOptions, Splits, load_dataset, make_splits
+from .features import FeatureConfig, LogMel
+from .inference import Classifier, Prediction, load_model
+from .model import PRESETS, ModelConfig, ViT
+from .train import TrainConfig, train
+
+__all__ = [
+    "AudioError", "Classifier", "Dataset", "FeatureConfig", "LogMel", "ModelConfig", "PRESETS",
+    "Prediction", "SplitOptions", "Splits", "TrainConfig", "ViT", "load_audio", "load_dataset",
+    "load_model", "make_splits", "train",
+]  # fmt: skip

@@ -1,0 +1,86 @@
+"""Self-describing model files and resumable training state, written atomically.
+
+A model file is a ``torch.save`` dict of plain data — configs, labels, metadata — and tensors,
+loaded with ``weights_only=True``, so opening one never runs code from the file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .features import FeatureConfig
+from .model import ModelConfig, ViT
+
+FORMAT = "audiovit-model/1"
+
+
+class CheckpointError(Exception):
+    """A model or state file that cannot be used; one line naming the file."""
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``:
+    a kill at any instant leaves either the old file or the new one, never a torn one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Load a file written by :func:`atomic_save` without executing any code from it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such model file")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # pickle.UnpicklingError for crafted files, RuntimeError for torn ones
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a loadable audiovit file ({first[:200]})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: not an audiovit file")
+    return obj
+
+
+def save_model(
+    path: str | os.PathLike,
+    model: ViT,
+    feature_cfg: FeatureConfig,
+    labels: list[str],
+    meta: dict | None = None,
+) -> None:
+    """Write the unwrapped model with everything needed to rebuild and use it."""
+    atomic_save(
+        {
+            "format": FORMAT,
+            "model_config": model.cfg.to_dict(),
+            "feature_config": feature_cfg.to_dict(),
+            "labels": list(labels),
+            "meta": meta or {},  # JSON-like: training data summary, settings, metrics
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        },
+        path,
+    )
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """Rebuild (model in eval mode, FeatureConfig, labels, meta) from a model file alone."""
+    obj = safe_load(path)
+    if obj.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an audiovit model file (format {obj.get('format')!r})")
+    model = ViT(ModelConfig(**obj["model_config"]))
+    model.load_state_dict(obj["state_dict"])
+    return model.to(device).eval(), FeatureConfig(**obj["feature_config"]), obj["labels"], obj["meta"]

@@ -1,0 +1,206 @@
+"""``audiovit`` command line: argparse subcommands over the Python API. Nothing imports this."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from . import __version__
+
+TRAIN_HELP = {
+    "preset": "model size: tiny, small or base",
+    "epochs": "passes over the training clips (one random crop of each per pass)",
+    "lr": "peak AdamW learning rate",
+    "crop_s": "training window in seconds (default: min(max-crop-s, median clip length))",
+    "mixup": "mixup Beta(a, a) parameter; 0 = off",
+    "patch_stride": "patch stride in bins/frames; < 16 overlaps patches",
+    "device": "auto (CUDA when present), cpu, cuda, cuda:1, ...",
+    "amp": "bf16 autocast where the hardware supports it",
+    "init": "start from an ImageNet ViT/DeiT checkpoint in timm's layout (.safetensors/.pth)",
+    "cache_dir": "feature cache folder (default: $AUDIOVIT_CACHE or ~/.cache/audiovit)",
+}
+
+
+def _add_config_flags(p: argparse.ArgumentParser, cls, skip=()) -> None:
+    """One flag per dataclass field, so each default lives only in the dataclass."""
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = str(f.type).replace(" | None", "")
+        helptext = f"{TRAIN_HELP.get(f.name, f.name.replace('_', ' '))} (default: {f.default})"
+        if kind == "bool":
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=helptext)
+        else:
+            conv = {"int": int, "float": float}.get(kind, str)
+            p.add_argument(flag, type=conv, default=argparse.SUPPRESS, help=helptext, metavar=kind.upper())
+
+
+def _add_split_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("splits (first that applies: folds, split lists, manifest 'split' column, automatic)")
+    g.add_argument("--test-fold", help="manifest rows whose fold is this are the test set")
+    g.add_argument("--valid-fold", help="manifest rows whose fold is this are the validation set")
+    g.add_argument("--split-lists", type=Path, metavar="DIR", help="folder with train.txt, valid.txt, test.txt")
+    g.add_argument("--group-pattern", metavar="REGEX", help="first capture group of the file name = group")
+    g.add_argument("--valid-frac", type=float, default=0.1, help="automatic split: validation share")
+    g.add_argument("--test-frac", type=float, default=0.1, help="automatic split: test share")
+
+
+def _splits(args, seed: int = 0):
+    from . import data
+
+    ds = data.load_dataset(args.data)
+    opts = data.SplitOptions(
+        test_fold=args.test_fold, valid_fold=args.valid_fold, split_lists=args.split_lists,
+        group_pattern=args.group_pattern, valid_frac=args.valid_frac, test_frac=args.test_frac, seed=seed,
+    )  # fmt: skip
+    return ds, data.make_splits(ds, opts)
+
+
+def cmd_train(args) -> int:
+    from . import data
+    from .train import TrainConfig, train
+
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)})
+    ds, splits = _splits(args, cfg.seed)
+    for note in ds.notes:
+        print(f"note: {note}")
+    print(data.summary(ds.labels, splits) + "\n")
+    train(ds, splits, cfg, args.out, resume=args.resume)
+    print(f"\nwrote {args.out}/model.pt, metrics.json, log.jsonl, confusion.png")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from . import evaluate, plots
+    from .features import FeatureCache, default_cache_dir
+    from .inference import load_model
+
+    clf = load_model(args.model, device=args.device)
+    ds, splits = _splits(args)
+    split_given = any([args.test_fold, args.split_lists]) or any(it.split for it in ds.items)
+    items = splits.test if split_given else ds.items
+    if not items:
+        raise SystemExit("audiovit: error: the test split is empty")
+    cache = FeatureCache(args.cache_dir or default_cache_dir(), clf.logmel)
+    m, skipped, _ = evaluate.evaluate_items(clf, items, cache, args.hop)
+    for line in skipped:
+        print(f"skipped: {line}")
+    print(f"{'test split' if split_given else 'all files'}:\n{evaluate.format_table(m)}")
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "metrics.json").write_text(json.dumps(m, indent=2))
+        plots.confusion_matrix(m, args.out / "confusion.png")
+        print(f"wrote {args.out}/metrics.json, confusion.png")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .audio import AudioError
+    from .inference import find_audio_files, load_model
+
+    clf = load_model(args.model, device=args.device)
+    failed = 0
+    for path in find_audio_files(args.paths):
+        try:
+            p = clf.predict(path, top_k=args.top_k, hop_s=args.hop)
+        except AudioError as e:
+            failed += 1
+            if args.json:
+                print(json.dumps({"path": str(path), "error": e.reason}), flush=True)
+            else:
+                print(f"audiovit: error: {e}", file=sys.stderr, flush=True)
+            continue
+        if args.json:
+            print(json.dumps(p.to_dict(timeline=args.timeline), ensure_ascii=False), flush=True)
+        else:
+            top = "  ".join(f"{lb} {s:.3f}" for lb, s in p.top_k)
+            print(f"{path}\t{p.label}\t{p.score:.3f}\t({p.duration_s:.1f} s; {top})", flush=True)
+            if args.timeline:
+                for w in p.segments:
+                    print(f"  {w.start_s:8.2f}-{w.end_s:8.2f} s  {w.label}  {w.score:.3f}")
+    return 1 if failed else 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    m = run_demo(args.out, seed=args.seed, device=args.device)
+    return 0 if m["accuracy"] > 0 else 1
+
+
+def cmd_info(args) -> int:
+    from .checkpoint import safe_load
+
+    obj = safe_load(args.model)
+    info = {k: obj.get(k) for k in ("format", "labels", "model_config", "feature_config", "meta")}
+    info["n_parameters"] = int(sum(v.numel() for v in obj["state_dict"].values()))
+    print(json.dumps(info, indent=2, ensure_ascii=False))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .train import TrainConfig
+
+    parser = argparse.ArgumentParser(prog="audiovit", description="Vision Transformer audio classifier")
+    parser.add_argument("--version", action="version", version=f"audiovit {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model on a folder-per-class dataset or a CSV manifest")
+    p.add_argument("data", type=Path, help="folder with one sub-folder per class, or a manifest .csv")
+    p.add_argument("--out", type=Path, required=True, help="run folder to write")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    _add_split_flags(p)
+    _add_config_flags(p, TrainConfig)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="score a model on labelled data")
+    p.add_argument("model", type=Path)
+    p.add_argument("data", type=Path)
+    p.add_argument("--out", type=Path, help="folder for metrics.json and confusion.png")
+    p.add_argument("--hop", type=float, help="seconds between scored windows (default: half a window)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--cache-dir", help="feature cache folder")
+    _add_split_flags(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="classify audio files or folders of any length")
+    p.add_argument("model", type=Path)
+    p.add_argument("paths", nargs="+", help="files or folders (walked for audio files)")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--json", action="store_true", help="one JSON object per input per line")
+    p.add_argument("--timeline", action="store_true", help="also give every window's label over time")
+    p.add_argument("--hop", type=float, help="seconds between scored windows (default: half a window)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("demo", help="synthesise data, train, evaluate and predict (no data needed)")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("info", help="labels, settings and metrics stored in a model file")
+    p.add_argument("model", type=Path)
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .audio import AudioError
+    from .checkpoint import CheckpointError
+    from .data import DataError
+    from .train import TrainingError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (AudioError, CheckpointError, DataError, TrainingError, ValueError) as e:
+        print(f"audiovit: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("audiovit: interrupted; a training run continues with --resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,104 @@
+"""Classification metrics, and scoring a model on a list of labelled clips."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+
+def metrics(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str]) -> dict:
+    """Accuracy, balanced accuracy, macro-F1, per-class precision/recall/F1/support and the
+    confusion matrix (rows: true class, columns: predicted). Classes absent from ``y_true``
+    are left out of the balanced accuracy and the macro-F1 rather than counted as zero."""
+    C = len(labels)
+    cm = np.zeros((C, C), dtype=np.int64)
+    np.add.at(cm, (np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)), 1)
+    tp = np.diag(cm).astype(float)
+    support = cm.sum(axis=1)
+    predicted = cm.sum(axis=0)
+    precision = np.divide(tp, predicted, out=np.zeros(C), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros(C), where=support > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros(C), where=denom > 0)
+    present = support > 0
+    n = int(cm.sum())
+    return {
+        "accuracy": float(tp.sum() / n) if n else 0.0,
+        "balanced_accuracy": float(recall[present].mean()) if present.any() else 0.0,
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "per_class": {
+            lb: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                 "support": int(support[i])}
+            for i, lb in enumerate(labels)
+        },  # fmt: skip
+        "confusion_matrix": cm.tolist(),
+        "labels": list(labels),
+        "n": n,
+    }
+
+
+def format_table(m: dict) -> str:
+    """The per-class table and the headline metrics, as printed after training/evaluation."""
+    labels = m["labels"]
+    w = max(10, *(len(lb) for lb in labels))
+    lines = [f"{'class':<{w}} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>8}"]
+    for lb in labels:
+        r = m["per_class"][lb]
+        lines.append(
+            f"{lb:<{w}} {r['precision']:>9.3f} {r['recall']:>7.3f} {r['f1']:>7.3f} {r['support']:>8d}"
+        )
+    lines.append(
+        f"accuracy {m['accuracy']:.4f}   balanced accuracy {m['balanced_accuracy']:.4f}   "
+        f"macro-F1 {m['macro_f1']:.4f}   n = {m['n']}"
+    )
+    return "\n".join(lines)
+
+
+def most_confused(m: dict, k: int = 5) -> list[tuple[str, str, int]]:
+    """The ``k`` largest off-diagonal cells: (true label, predicted label, count)."""
+    cm = np.asarray(m["confusion_matrix"])
+    off = [(int(cm[i, j]), i, j) for i in range(len(cm)) for j in range(len(cm)) if i != j and cm[i, j]]
+    return [(m["labels"][i], m["labels"][j], c) for c, i, j in sorted(off, reverse=True)[:k]]
+
+
+def score_clips(
+    clip_probs: Callable[[torch.Tensor], torch.Tensor],
+    features: Sequence[np.ndarray],
+    targets: Sequence[int],
+    labels: Sequence[str],
+) -> tuple[dict, np.ndarray]:
+    """Score whole clips: ``clip_probs`` maps a log-mel (F, T) to probabilities (C,).
+
+    Returns (metrics, probabilities (N, C)).
+    """
+    probs = np.stack([clip_probs(torch.from_numpy(f.astype(np.float32))).numpy() for f in features])
+    pred = probs.argmax(axis=1) if len(probs) else np.zeros(0, int)
+    return metrics(targets, pred, labels), probs
+
+
+def evaluate_items(clf, items, cache, hop_s: float | None = None) -> tuple[dict, list[str], list]:
+    """Score a loaded :class:`~audiovit.inference.Classifier` on labelled items.
+
+    Files that cannot be decoded, and files of classes the model does not know, are skipped.
+    Returns (metrics, skipped-file lines, [(item, probabilities (C,))]).
+    """
+    from .audio import AudioError
+
+    index = {lb: i for i, lb in enumerate(clf.labels)}
+    skipped, kept, feats = [], [], []
+    unknown = sorted({it.label for it in items} - set(index))
+    if unknown:
+        skipped.append(f"{sum(it.label in unknown for it in items)} files of classes the model does not know: {', '.join(unknown)}")
+    for it in items:
+        if it.label not in index:
+            continue
+        try:
+            feats.append(cache.get(it.path))
+            kept.append(it)
+        except AudioError as e:
+            skipped.append(str(e))
+    targets = [index[it.label] for it in kept]
+    m, probs = score_clips(lambda f: clf.predict_features(f, hop_s), feats, targets, clf.labels)
+    return m, skipped, list(zip(kept, probs))

@@ -1,0 +1,251 @@
+"""Classify audio of any length: windows over the log-mel → per-window and whole-clip scores.
+
+A clip is cut into windows of the length the model was trained on (the last one aligned to the
+clip's end so nothing is left out; a clip shorter than one window is padded with silence), the
+windows are scored in batches, and the clip's probabilities are the mean over windows. Files are
+decoded and featurised block by block, so memory does not grow with their length.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import audio, checkpoint
+from .features import AMIN, FeatureConfig, LogMel, stream_log_mel
+from .model import ViT, autocast_dtype, resolve_device
+
+SILENCE_DB = 10.0 * math.log10(AMIN)  # what zero padding looks like in the log-mel
+
+
+@dataclass
+class Window:
+    start_s: float
+    end_s: float
+    label: str
+    score: float
+
+
+@dataclass
+class Prediction:
+    label: str
+    score: float
+    top_k: list[tuple[str, float]]
+    segments: list[Window]  # one per scored window, in time order
+    probs: np.ndarray  # (W, C) per-window class probabilities
+    duration_s: float
+    path: str | None = None
+
+    def to_dict(self, timeline: bool = False) -> dict:
+        d = {
+            "path": self.path,
+            "label": self.label,
+            "score": round(self.score, 6),
+            "top_k": [{"label": lb, "score": round(s, 6)} for lb, s in self.top_k],
+            "duration_s": round(self.duration_s, 3),
+        }
+        if timeline:
+            d["segments"] = [
+                {"start_s": round(w.start_s, 3), "end_s": round(w.end_s, 3), "label": w.label,
+                 "score": round(w.score, 6)}
+                for w in self.segments
+            ]  # fmt: skip
+        return d
+
+
+def window_starts(n_frames: int, win: int, hop: int) -> list[int]:
+    """Start frames of windows of ``win`` frames every ``hop`` frames covering ``n_frames``."""
+    if n_frames <= win:
+        return [0]
+    starts = list(range(0, n_frames - win + 1, hop))
+    if starts[-1] + win < n_frames:
+        starts.append(n_frames - win)  # end-aligned, so the tail is scored too
+    return starts
+
+
+def frame_windows(feats: torch.Tensor, win: int, hop: int) -> tuple[torch.Tensor, list[int]]:
+    """(F, T) → windows (W, F, win) and their start frames; short input is padded with silence."""
+    F, T = feats.shape
+    if T < win:
+        feats = torch.nn.functional.pad(feats, (0, win - T), value=SILENCE_DB)
+    starts = window_starts(T, win, hop)
+    return torch.stack([feats[:, s : s + win] for s in starts]), starts
+
+
+class _Windower:
+    """Turn a stream of frame chunks (F, n) into (start, window (F, win)) pairs, the same as
+    :func:`frame_windows` on their concatenation, holding about one window's frames."""
+
+    def __init__(self, win: int, hop: int):
+        self.win, self.hop = win, hop
+        self.buf: torch.Tensor | None = None  # the frames still needed, from buf_start on
+        self.buf_start = 0
+        self.next_start = 0  # start frame of the next regular window
+        self.total = 0
+
+    def push(self, chunk: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+        self.buf = chunk if self.buf is None else torch.cat([self.buf, chunk], dim=1)
+        self.total += chunk.shape[1]
+        while self.next_start + self.win <= self.total:
+            off = self.next_start - self.buf_start
+            yield self.next_start, self.buf[:, off : off + self.win]
+            self.next_start += self.hop
+        # Keep the frames of the next window and, for finish(), the last `win` frames.
+        keep_from = max(0, min(self.next_start - self.buf_start, self.buf.shape[1] - self.win))
+        self.buf, self.buf_start = self.buf[:, keep_from:], self.buf_start + keep_from
+
+    def finish(self) -> Iterator[tuple[int, torch.Tensor]]:
+        if self.buf is None:
+            return
+        if self.total < self.win:  # shorter than one window: pad with silence
+            windows, starts = frame_windows(self.buf, self.win, self.hop)
+            yield starts[0], windows[0]
+        elif self.next_start - self.hop + self.win < self.total:  # an unscored tail
+            yield self.total - self.win, self.buf[:, -self.win :]
+
+
+class Classifier:
+    """A loaded model with its feature settings and labels; see :func:`load_model`."""
+
+    def __init__(
+        self,
+        model: ViT,
+        feature_cfg: FeatureConfig,
+        labels: list[str],
+        meta: dict | None = None,
+        *,
+        device: str | torch.device = "cpu",
+        batch_size: int = 32,
+    ):
+        self.device = resolve_device(device) if isinstance(device, str) else device
+        self.model = model.to(self.device).eval()
+        self.feature_cfg = feature_cfg
+        self.labels = list(labels)
+        self.meta = meta or {}
+        self.batch_size = batch_size
+        self.logmel = LogMel(feature_cfg).to(self.device)
+        self.win = model.cfg.n_frames
+        self.window_s = feature_cfg.seconds(self.win)
+        self.amp = autocast_dtype(self.device) if self.device.type == "cuda" else None
+
+    def hop_frames(self, hop_s: float | None) -> int:
+        if hop_s is None:
+            return max(1, self.win // 2)
+        if hop_s <= 0:
+            raise ValueError(f"hop must be > 0 seconds, got {hop_s}")
+        return max(1, round(hop_s * self.feature_cfg.sr / self.feature_cfg.hop_length))
+
+    @torch.inference_mode()
+    def window_probs(self, windows: torch.Tensor) -> torch.Tensor:
+        """Windows (W, F, win) dB → probabilities (W, C), scored in batches."""
+        out = []
+        for i in range(0, len(windows), self.batch_size):
+            x = windows[i : i + self.batch_size].to(self.device, non_blocking=True)
+            with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+                logits = self.model(x)
+            out.append(logits.float().softmax(dim=-1).cpu())
+        return torch.cat(out) if out else torch.zeros(0, len(self.labels))
+
+    def _stream_windows(self, frame_chunks: Iterable[torch.Tensor], hop: int):
+        w = _Windower(self.win, hop)
+        for chunk in frame_chunks:
+            yield from w.push(chunk)
+        yield from w.finish()
+
+    def _score(self, frame_chunks: Iterable[torch.Tensor], hop: int) -> tuple[list[int], torch.Tensor]:
+        starts, probs, batch = [], [], []
+        for start, window in self._stream_windows(frame_chunks, hop):
+            starts.append(start)
+            batch.append(window)
+            if len(batch) == self.batch_size:
+                probs.append(self.window_probs(torch.stack(batch)))
+                batch = []
+        if batch:
+            probs.append(self.window_probs(torch.stack(batch)))
+        return starts, torch.cat(probs)
+
+    def predict(
+        self,
+        source: str | os.PathLike | np.ndarray,
+        *,
+        sr: int | None = None,
+        top_k: int = 5,
+        hop_s: float | None = None,
+    ) -> Prediction:
+        """Classify a file (any length, any format audio.py reads) or a waveform.
+
+        A waveform is (S,) or (S, C) samples and needs ``sr``. Raises audio.AudioError for a
+        file that cannot be decoded.
+        """
+        cfg = self.feature_cfg
+        if isinstance(source, (str, os.PathLike)):
+            path = str(source)
+            blocks = audio.stream(source, sr=cfg.sr)
+        else:
+            if sr is None:
+                raise ValueError("a waveform needs its sample rate: predict(x, sr=...)")
+            path, x = None, audio.resample(audio.to_mono(source), int(sr), cfg.sr)
+            if len(x) == 0:
+                raise ValueError("the waveform has no samples")
+            blocks = [x]
+        n_samples = 0
+
+        def counted(bs):
+            nonlocal n_samples
+            for b in bs:
+                n_samples += len(b)
+                yield b
+
+        with torch.inference_mode():
+            chunks = stream_log_mel(counted(blocks), self.logmel)
+            starts, probs = self._score(chunks, self.hop_frames(hop_s))
+        return self._prediction(starts, probs, n_samples / cfg.sr, top_k, path)
+
+    def predict_features(self, feats: torch.Tensor, hop_s: float | None = None) -> torch.Tensor:
+        """A whole clip's log-mel (F, T) → its class probabilities (C,), the mean over windows."""
+        windows, _ = frame_windows(feats, self.win, self.hop_frames(hop_s))
+        return self.window_probs(windows).mean(dim=0)
+
+    def _prediction(self, starts, probs: torch.Tensor, duration_s: float, top_k: int, path) -> Prediction:
+        clip = probs.mean(dim=0)
+        k = max(1, min(top_k, len(self.labels)))
+        scores, idx = clip.topk(k)
+        fps = self.feature_cfg.sr / self.feature_cfg.hop_length
+        segments = []
+        for s, p in zip(starts, probs):
+            j = int(p.argmax())
+            end = min(duration_s, (s + self.win) / fps)
+            segments.append(Window(s / fps, end, self.labels[j], float(p[j])))
+        return Prediction(
+            label=self.labels[int(idx[0])],
+            score=float(scores[0]),
+            top_k=[(self.labels[int(i)], float(s)) for s, i in zip(scores, idx)],
+            segments=segments,
+            probs=probs.numpy(),
+            duration_s=duration_s,
+            path=path,
+        )
+
+
+def load_model(path: str | os.PathLike, device: str = "auto", **kw) -> Classifier:
+    """Load a model file for prediction: ``load_model("run/model.pt").predict("song.mp3")``."""
+    dev = resolve_device(device)
+    model, feature_cfg, labels, meta = checkpoint.load_model(path, dev)
+    return Classifier(model, feature_cfg, labels, meta, device=dev, **kw)
+
+
+def find_audio_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Expand folders into the audio files under them (sorted); files are kept as given."""
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir() and not audio.is_audio_path(p):
+            out += sorted(f for f in p.rglob("*") if audio.is_audio_path(f) and not f.is_dir())
+        else:
+            out.append(p)
+    return out

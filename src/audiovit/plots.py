@@ -1,0 +1,66 @@
+"""Figures written to PNG files with matplotlib's Agg backend (no display needed)."""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def confusion_matrix(m: dict, path: str | os.PathLike) -> None:
+    """Counts on the left, row-normalised (recall per true class) on the right."""
+    cm = np.asarray(m["confusion_matrix"], dtype=float)
+    labels = m["labels"]
+    rows = cm.sum(axis=1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    size = max(5.0, 0.45 * len(labels) + 2)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * size + 1, size), constrained_layout=True)
+    for ax, data, title, fmt in ((axes[0], cm, "counts", "{:.0f}"), (axes[1], norm, "row-normalised", "{:.2f}")):
+        ax.imshow(data, cmap="Blues", vmin=0)
+        ax.set_title(f"Confusion matrix ({title}), accuracy {m['accuracy']:.3f}")
+        ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right")
+        ax.set_yticks(range(len(labels)), labels)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        if len(labels) <= 25:
+            hi = data.max() / 2 if data.max() > 0 else 1
+            for i in range(len(labels)):
+                for j in range(len(labels)):
+                    if cm[i, j]:
+                        ax.text(j, i, fmt.format(data[i, j]), ha="center", va="center", fontsize=8,
+                                color="white" if data[i, j] > hi else "black")  # fmt: skip
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def training_curves(log: list[dict], path: str | os.PathLike) -> None:
+    """Loss and accuracy per epoch, train and validation, from the run's log.jsonl records."""
+    ep = [r["epoch"] for r in log]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    a1.plot(ep, [r["train_loss"] for r in log], label="train")
+    a1.plot(ep, [r["valid_loss"] for r in log], label="valid")
+    a1.set(xlabel="epoch", ylabel="loss", title="Loss")
+    a2.plot(ep, [r["train_acc"] for r in log], label="train (crops, augmented)")
+    a2.plot(ep, [r["valid_acc"] for r in log], label="valid (whole clips)")
+    a2.set(xlabel="epoch", ylabel="accuracy", title="Accuracy", ylim=(0, 1.02))
+    for a in (a1, a2):
+        a.grid(alpha=0.3)
+        a.legend()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def per_class_f1(m: dict, path: str | os.PathLike) -> None:
+    labels = m["labels"]
+    f1 = [m["per_class"][lb]["f1"] for lb in labels]
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(labels) + 2), 4), constrained_layout=True)
+    ax.bar(range(len(labels)), f1, color="tab:blue")
+    ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right")
+    ax.set(ylim=(0, 1), ylabel="F1", title=f"Per-class F1 (macro {m['macro_f1']:.3f})")
+    ax.grid(axis="y", alpha=0.3)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,340 @@
+"""Training: cached log-mels → random crops → SpecAugment/mixup → AdamW with warm-up + cosine.
+
+Each epoch draws its crops, masks, mixup and dropout from a generator seeded by (seed, epoch),
+and the run folder keeps the last finished epoch's state, so a run resumed after a kill repeats
+exactly what the uninterrupted run would have done (on CPU, same thread count).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import checkpoint, data, evaluate, plots
+from .audio import AudioError
+from .features import FeatureCache, FeatureConfig, LogMel, default_cache_dir, spec_augment
+from .inference import SILENCE_DB, Classifier
+from .model import ModelConfig, ViT, autocast_dtype, load_timm_weights, resolve_device
+from .progress import Progress
+
+MAX_BAD_STEPS = 10  # consecutive non-finite losses before the run is stopped
+
+
+class TrainingError(Exception):
+    """Training cannot go on; the message says why in one line."""
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "tiny"  # tiny | small | base (model.PRESETS)
+    epochs: int = 40
+    batch_size: int = 32
+    lr: float = 5e-4  # peak AdamW learning rate, reached after warm-up
+    min_lr: float = 1e-6  # end of the cosine decay
+    warmup_epochs: float = 3.0
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    mixup: float = 0.0  # Beta(α, α) mixing of pairs in a batch; 0 turns it off
+    grad_clip: float = 1.0  # max global gradient norm
+    crop_s: float | None = None  # training window in seconds; None: min(3 s, median clip)
+    max_crop_s: float = 3.0
+    patch_stride: int = 16  # < 16 gives overlapping patches (more tokens, slower)
+    pool: str = "cls"
+    drop_path: float = 0.1
+    freq_mask: int = 24  # SpecAugment: max width of each frequency mask, in mel bins
+    time_mask: float = 0.2  # SpecAugment: max width of each time mask, fraction of the crop
+    n_masks: int = 2  # masks per axis
+    eval_hop_s: float | None = None  # hop between scored windows; None: half a window
+    sr: int = 16000
+    n_mels: int = 128
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # bf16 autocast where the hardware runs it fast
+    init: str | None = None  # a timm ViT/DeiT checkpoint (.safetensors or .pth) to start from
+    cache_dir: str | None = None  # feature cache; None: $AUDIOVIT_CACHE or ~/.cache/audiovit
+
+
+@dataclass
+class Prepared:
+    """Features in memory for one split: log-mels (F, T_i) float16 and class indices."""
+
+    items: list[data.Item] = field(default_factory=list)
+    feats: list[np.ndarray] = field(default_factory=list)
+    targets: list[int] = field(default_factory=list)
+
+
+def featurise(splits: data.Splits, cache: FeatureCache, log=print) -> tuple[dict[str, Prepared], list[str], list[str]]:
+    """Cache every file's log-mel, skipping files that cannot be decoded.
+
+    Returns (per-split features, labels, skipped-file lines). Labels are the classes with
+    training files; test/valid files of other classes are skipped with a note.
+    """
+    skipped: list[str] = []
+    raw: dict[str, list[tuple[data.Item, np.ndarray]]] = {}
+    for name in data.SPLITS:
+        raw[name] = []
+        for it in Progress(splits[name], f"features ({name})"):
+            try:
+                raw[name].append((it, cache.get(it.path)))
+            except AudioError as e:
+                skipped.append(str(e))
+    labels = sorted({it.label for it, _ in raw["train"]})
+    missing = sorted({it.label for it in splits.train} - set(labels))
+    if missing:
+        raise TrainingError(f"no usable training files left for class(es) {', '.join(missing)}")
+    if len(raw["train"]) < 2 or len(labels) < 2:
+        raise TrainingError(f"too few usable training files ({len(raw['train'])}) or classes ({len(labels)})")
+    index = {lb: i for i, lb in enumerate(labels)}
+    out = {}
+    for name, pairs in raw.items():
+        unknown = [it for it, _ in pairs if it.label not in index]
+        if unknown:
+            skipped.append(f"{len(unknown)} {name} files of classes with no training files")
+        pairs = [(it, f) for it, f in pairs if it.label in index]
+        out[name] = Prepared([it for it, _ in pairs], [f for _, f in pairs], [index[it.label] for it, _ in pairs])
+    return out, labels, skipped
+
+
+def crop_frames(cfg: TrainConfig, fcfg: FeatureConfig, train: Prepared) -> int:
+    """Window length in frames: a whole number of patch strides past one patch (no frame unused)."""
+    if cfg.crop_s is not None:
+        seconds = cfg.crop_s
+    else:
+        seconds = min(cfg.max_crop_s, float(np.median([f.shape[1] for f in train.feats])) / fcfg.sr * fcfg.hop_length)
+    n = max(16, fcfg.n_frames(seconds))
+    return 16 + math.ceil((n - 16) / cfg.patch_stride) * cfg.patch_stride
+
+
+def random_crops(feats: list[np.ndarray], idx: np.ndarray, n: int, g: torch.Generator) -> torch.Tensor:
+    """A random window of ``n`` frames from each chosen clip → (B, F, n); short clips are
+    placed at a random offset in silence."""
+    out = np.full((len(idx), feats[0].shape[0], n), SILENCE_DB, dtype=np.float32)
+    offsets = torch.rand(len(idx), generator=g).tolist()
+    for row, (i, u) in enumerate(zip(idx, offsets)):
+        f = feats[i]
+        T = f.shape[1]
+        if T >= n:
+            s = int(u * (T - n + 1))
+            out[row] = f[:, s : s + n]
+        else:
+            s = int(u * (n - T + 1))
+            out[row, :, s : s + T] = f
+    return torch.from_numpy(out)
+
+
+def lr_at(step: int, total: int, warmup: int, cfg: TrainConfig) -> float:
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def train_epoch(model, opt, batches, cfg: TrainConfig, device, amp, step0: int, total: int, warmup: int, g):
+    """One pass over ``batches`` of (x (B, F, T), y (B,)). Returns (mean loss, accuracy, steps)."""
+    model.train()
+    losses, correct, seen, bad, step = [], 0, 0, 0, step0
+    time_w = int(cfg.time_mask * batches.n_frames)
+    bar = Progress(batches, f"epoch {batches.epoch}/{cfg.epochs}")
+    for x, y in bar:
+        x = spec_augment(x, freq_mask=cfg.freq_mask, time_mask=time_w, n_masks=cfg.n_masks, generator=g)
+        target = F.one_hot(y, model.cfg.n_classes).float()
+        if cfg.mixup > 0:
+            lam = float(torch.distributions.Beta(cfg.mixup, cfg.mixup).sample())
+            perm = torch.randperm(len(x), generator=g)
+            x, target = lam * x + (1 - lam) * x[perm], lam * target + (1 - lam) * target[perm]
+        x, target, y = x.to(device), target.to(device), y.to(device)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, total, warmup, cfg)
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), target, label_smoothing=cfg.label_smoothing)
+        step += 1
+        if not torch.isfinite(loss):
+            bad += 1
+            warnings.warn(f"non-finite loss at step {step}: step skipped", stacklevel=1)
+            if bad >= MAX_BAD_STEPS:
+                raise TrainingError(
+                    f"the loss was not finite for {bad} steps in a row: the learning rate "
+                    f"({cfg.lr:g}) is likely too high, or the input features hold non-finite values"
+                )
+            opt.zero_grad(set_to_none=True)
+            continue
+        bad = 0
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        losses.append(loss.item())
+        correct += int((logits.argmax(1) == y).sum())
+        seen += len(y)
+        bar.set(loss=float(np.mean(losses[-20:])), acc=correct / seen)
+    return float(np.mean(losses)) if losses else float("nan"), correct / max(seen, 1), step
+
+
+class Batches:
+    """An epoch of shuffled batches of random crops, all drawn from one seeded generator."""
+
+    def __init__(self, prep: Prepared, batch_size: int, n_frames: int, epoch: int, g: torch.Generator):
+        self.prep, self.batch_size, self.n_frames, self.epoch, self.g = prep, batch_size, n_frames, epoch, g
+        n = len(prep.feats)
+        self.n_batches = n // batch_size if n >= batch_size else 1  # drop the ragged last batch
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+    def __iter__(self):
+        order = torch.randperm(len(self.prep.feats), generator=self.g).numpy()
+        targets = torch.tensor(self.prep.targets)
+        for b in range(self.n_batches):
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            yield random_crops(self.prep.feats, idx, self.n_frames, self.g), targets[idx]
+
+
+def validate(clf: Classifier, prep: Prepared, labels, hop_s) -> tuple[dict, float]:
+    """Whole-clip metrics and mean clip-level cross-entropy."""
+    m, probs = evaluate.score_clips(lambda f: clf.predict_features(f, hop_s), prep.feats, prep.targets, labels)
+    p = probs[np.arange(len(prep.targets)), prep.targets] if len(probs) else np.ones(1)
+    return m, float(-np.log(np.clip(p, 1e-7, 1)).mean())
+
+
+def train(ds: data.Dataset, splits: data.Splits, cfg: TrainConfig, out: str | Path, resume: bool = False, log=print) -> dict:
+    """Train on ``splits`` and write the run folder ``out``; returns the final metrics."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    amp = autocast_dtype(device) if cfg.amp else None
+    torch.manual_seed(cfg.seed)
+    fcfg = FeatureConfig(sr=cfg.sr, n_mels=cfg.n_mels)
+    cache = FeatureCache(cfg.cache_dir or default_cache_dir(), LogMel(fcfg))
+    prep, labels, skipped = featurise(splits, cache, log)
+    for line in skipped:
+        log(f"skipped: {line}")
+    if not prep["valid"].feats:
+        raise TrainingError("the validation split is empty: give more data or a --valid-fold")
+    n_frames = crop_frames(cfg, fcfg, prep["train"])
+    mcfg = ModelConfig.from_preset(
+        cfg.preset, n_classes=len(labels), n_mels=fcfg.n_mels, n_frames=n_frames,
+        patch_stride=cfg.patch_stride, pool=cfg.pool, drop_path=cfg.drop_path,
+    )  # fmt: skip
+    model = ViT(mcfg).to(device)
+    if cfg.init:
+        missing = load_timm_weights(model, _read_state_dict(cfg.init))
+        log(f"initialised from {cfg.init}; {len(missing)} tensors kept their random init")
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "pos_embed" not in n and "token" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "pos_embed" not in n and "token" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    steps_per_epoch = Batches(prep["train"], cfg.batch_size, n_frames, 0, None).n_batches
+    total, warmup = cfg.epochs * steps_per_epoch, max(1, int(cfg.warmup_epochs * steps_per_epoch))
+    state = {"epoch": 0, "step": 0, "best": None, "log": []}
+    if resume and (out / "last.pt").exists():
+        saved = checkpoint.safe_load(out / "last.pt")
+        if saved.get("train_config") != asdict(cfg) or saved.get("labels") != labels:
+            raise TrainingError(f"{out / 'last.pt'}: the run was started with other settings or data; use a new --out")
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        state = {k: saved[k] for k in ("epoch", "step", "best", "log")}
+        log(f"resuming after epoch {state['epoch']}")
+    meta = {"train_config": asdict(cfg), "data": _data_meta(splits, prep, labels, skipped)}
+    clf = Classifier(model, fcfg, labels, device=device)
+    log(f"model: ViT-{cfg.preset}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
+        f"{mcfg.grid()[0] * mcfg.grid()[1]} patches per {fcfg.seconds(n_frames):.2f} s window; device {device}"
+        f"{', bf16 autocast' if amp else ''}")  # fmt: skip
+    interrupted = _Interrupt()
+    for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+        torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout / stochastic depth
+        t0 = time.perf_counter()
+        batches = Batches(prep["train"], cfg.batch_size, n_frames, epoch, g)
+        loss, acc, state["step"] = train_epoch(model, opt, batches, cfg, device, amp, state["step"], total, warmup, g)
+        train_s = time.perf_counter() - t0
+        vm, vloss = validate(clf, prep["valid"], labels, cfg.eval_hop_s)
+        rec = {"epoch": epoch, "train_loss": loss, "train_acc": acc, "valid_loss": vloss, "valid_acc": vm["accuracy"],
+               "lr": opt.param_groups[0]["lr"], "epoch_s": round(time.perf_counter() - t0, 2),
+               "clips_per_s": round(len(batches) * cfg.batch_size / train_s, 1)}  # fmt: skip
+        state["log"].append(rec)
+        with open(out / "log.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        score = (vm["accuracy"], -vloss)
+        best = state["best"] is None or score > tuple(state["best"])
+        if best:
+            state["best"] = list(score)
+            checkpoint.save_model(out / "model.pt", model, fcfg, labels, {**meta, "epoch": epoch})
+        log(f"epoch {epoch:3d}  loss {loss:.3f}  acc {acc:.3f}  valid loss {vloss:.3f}  valid acc {vm['accuracy']:.3f}"
+            f"  {rec['clips_per_s']:.0f} clips/s  {rec['epoch_s']:.0f} s{'  *' if best else ''}")  # fmt: skip
+        checkpoint.atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "train_config": asdict(cfg),
+                                "labels": labels, **{k: state[k] for k in ("step", "best", "log")}, "epoch": epoch},
+                               out / "last.pt")  # fmt: skip
+        if interrupted.flag:
+            raise KeyboardInterrupt
+    interrupted.restore()
+    return finish_run(out, fcfg, prep, labels, state["log"], cfg, meta, device, log)
+
+
+def finish_run(out: Path, fcfg, prep, labels, log_records, cfg: TrainConfig, meta, device, log) -> dict:
+    """Score the best model on test (else valid); write metrics.json and the plots."""
+    model, _, _, saved_meta = checkpoint.load_model(out / "model.pt", device)
+    clf = Classifier(model, fcfg, labels, device=device)
+    split = "test" if prep["test"].feats else "valid"
+    m, _ = validate(clf, prep[split], labels, cfg.eval_hop_s)
+    m = {**m, "split": split, "best_epoch": saved_meta.get("epoch")}
+    (out / "metrics.json").write_text(json.dumps(m, indent=2))
+    checkpoint.save_model(out / "model.pt", model, fcfg, labels, {**saved_meta, "metrics": _headline(m)})
+    plots.confusion_matrix(m, out / "confusion.png")
+    plots.per_class_f1(m, out / "per_class_f1.png")
+    if log_records:
+        plots.training_curves(log_records, out / "curves.png")
+    log(f"\n{split} set, best epoch {m['best_epoch']}:\n{evaluate.format_table(m)}")
+    return m
+
+
+def _headline(m: dict) -> dict:
+    return {k: m[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "n", "split")}
+
+
+def _data_meta(splits, prep, labels, skipped) -> dict:
+    return {
+        "labels": labels,
+        "counts": {n: {lb: int(sum(1 for t in prep[n].targets if labels[t] == lb)) for lb in labels} for n in data.SPLITS},
+        "skipped": skipped[:100],
+        "n_skipped": len(skipped),
+        "notes": splits.notes,
+    }
+
+
+def _read_state_dict(path: str) -> dict:
+    if str(path).endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    return checkpoint.safe_load(path)
+
+
+class _Interrupt:
+    """First Ctrl-C: finish the epoch, save, stop. Second: stop now (last epoch's state is kept)."""
+
+    def __init__(self):
+        self.flag = False
+        self._old = signal.getsignal(signal.SIGINT)
+        try:
+            signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread
+            self._old = None
+
+    def _handle(self, signum, frame):
+        if self.flag:
+            raise KeyboardInterrupt
+        self.flag = True
+        print("\ninterrupt: finishing this epoch and saving (Ctrl-C again to stop now)", flush=True)
+
+    def restore(self):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
