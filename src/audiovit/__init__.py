@@ -1,14 +1,15 @@
 """audiovit: train, evaluate and use Vision Transformer audio classifiers on log-mel spectrograms.
 
-    import audiovit
-    clf = audiovit.load_model("runs/demo/model.pt")
-    result = clf.predict("song.mp3", top_k=3)
-    result.label, result.score, result.top_k, result.segments
+import audiovit
+clf = audiovit.load_model("runs/demo/model.pt")
+result = clf.predict("song.mp3", top_k=3)
+result.label, result.score, result.top_k, result.segments
 """
 
 __version__ = "0.1.0"
 
-from .audio import AudioError, load as load_audio
+from .audio import AudioError
+from .audio import load as load_audio
 from .data import Dataset, SplitOptions, Splits, load_dataset, make_splits
 from .features import FeatureConfig, LogMel
 from .inference import Classifier, Prediction, load_model

@@ -90,7 +90,9 @@ def _ffmpeg_blocks(path: Path, sr: int, block: int) -> Iterator[tuple[np.ndarray
             yield np.frombuffer(chunk, dtype="<f4")[:, None], sr
         err = proc.stderr.read().decode(errors="replace").strip()
         if proc.wait() != 0:
-            raise AudioError(path, f"ffmpeg could not decode it: {err.splitlines()[-1] if err else '?'}")
+            raise AudioError(
+                path, f"ffmpeg could not decode it: {err.splitlines()[-1] if err else '?'}"
+            )
     finally:
         proc.kill()
         proc.wait()

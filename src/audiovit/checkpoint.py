@@ -83,4 +83,9 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
         raise CheckpointError(f"{path}: not an audiovit model file (format {obj.get('format')!r})")
     model = ViT(ModelConfig(**obj["model_config"]))
     model.load_state_dict(obj["state_dict"])
-    return model.to(device).eval(), FeatureConfig(**obj["feature_config"]), obj["labels"], obj["meta"]
+    return (
+        model.to(device).eval(),
+        FeatureConfig(**obj["feature_config"]),
+        obj["labels"],
+        obj["meta"],
+    )

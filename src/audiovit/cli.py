@@ -33,19 +33,34 @@ def _add_config_flags(p: argparse.ArgumentParser, cls, skip=()) -> None:
         kind = str(f.type).replace(" | None", "")
         helptext = f"{TRAIN_HELP.get(f.name, f.name.replace('_', ' '))} (default: {f.default})"
         if kind == "bool":
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=helptext)
+            p.add_argument(
+                flag,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=helptext,
+            )
         else:
             conv = {"int": int, "float": float}.get(kind, str)
-            p.add_argument(flag, type=conv, default=argparse.SUPPRESS, help=helptext, metavar=kind.upper())
+            p.add_argument(
+                flag, type=conv, default=argparse.SUPPRESS, help=helptext, metavar=kind.upper()
+            )
 
 
 def _add_split_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("splits (first that applies: folds, split lists, manifest 'split' column, automatic)")
+    g = p.add_argument_group(
+        "splits (first that applies: folds, split lists, manifest 'split' column, automatic)"
+    )
     g.add_argument("--test-fold", help="manifest rows whose fold is this are the test set")
     g.add_argument("--valid-fold", help="manifest rows whose fold is this are the validation set")
-    g.add_argument("--split-lists", type=Path, metavar="DIR", help="folder with train.txt, valid.txt, test.txt")
-    g.add_argument("--group-pattern", metavar="REGEX", help="first capture group of the file name = group")
-    g.add_argument("--valid-frac", type=float, default=0.1, help="automatic split: validation share")
+    g.add_argument(
+        "--split-lists", type=Path, metavar="DIR", help="folder with train.txt, valid.txt, test.txt"
+    )
+    g.add_argument(
+        "--group-pattern", metavar="REGEX", help="first capture group of the file name = group"
+    )
+    g.add_argument(
+        "--valid-frac", type=float, default=0.1, help="automatic split: validation share"
+    )
     g.add_argument("--test-frac", type=float, default=0.1, help="automatic split: test share")
 
 
@@ -55,7 +70,8 @@ def _splits(args, seed: int = 0):
     ds = data.load_dataset(args.data)
     opts = data.SplitOptions(
         test_fold=args.test_fold, valid_fold=args.valid_fold, split_lists=args.split_lists,
-        group_pattern=args.group_pattern, valid_frac=args.valid_frac, test_frac=args.test_frac, seed=seed,
+        group_pattern=args.group_pattern, valid_frac=args.valid_frac, test_frac=args.test_frac,
+        seed=seed,
     )  # fmt: skip
     return ds, data.make_splits(ds, opts)
 
@@ -64,7 +80,13 @@ def cmd_train(args) -> int:
     from . import data
     from .train import TrainConfig, train
 
-    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)})
+    cfg = TrainConfig(
+        **{
+            f.name: getattr(args, f.name)
+            for f in dataclasses.fields(TrainConfig)
+            if hasattr(args, f.name)
+        }
+    )
     ds, splits = _splits(args, cfg.seed)
     for note in ds.notes:
         print(f"note: {note}")
@@ -145,12 +167,18 @@ def cmd_info(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .train import TrainConfig
 
-    parser = argparse.ArgumentParser(prog="audiovit", description="Vision Transformer audio classifier")
+    parser = argparse.ArgumentParser(
+        prog="audiovit", description="Vision Transformer audio classifier"
+    )
     parser.add_argument("--version", action="version", version=f"audiovit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train a model on a folder-per-class dataset or a CSV manifest")
-    p.add_argument("data", type=Path, help="folder with one sub-folder per class, or a manifest .csv")
+    p = sub.add_parser(
+        "train", help="train a model on a folder-per-class dataset or a CSV manifest"
+    )
+    p.add_argument(
+        "data", type=Path, help="folder with one sub-folder per class, or a manifest .csv"
+    )
     p.add_argument("--out", type=Path, required=True, help="run folder to write")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     _add_split_flags(p)
@@ -161,7 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", type=Path)
     p.add_argument("data", type=Path)
     p.add_argument("--out", type=Path, help="folder for metrics.json and confusion.png")
-    p.add_argument("--hop", type=float, help="seconds between scored windows (default: half a window)")
+    p.add_argument(
+        "--hop", type=float, help="seconds between scored windows (default: half a window)"
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--cache-dir", help="feature cache folder")
     _add_split_flags(p)
@@ -172,8 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", help="files or folders (walked for audio files)")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--json", action="store_true", help="one JSON object per input per line")
-    p.add_argument("--timeline", action="store_true", help="also give every window's label over time")
-    p.add_argument("--hop", type=float, help="seconds between scored windows (default: half a window)")
+    p.add_argument(
+        "--timeline", action="store_true", help="also give every window's label over time"
+    )
+    p.add_argument(
+        "--hop", type=float, help="seconds between scored windows (default: half a window)"
+    )
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_predict)
 

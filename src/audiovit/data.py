@@ -66,7 +66,7 @@ class Splits:
 
 
 def load_dataset(source: str | Path) -> Dataset:
-    """A folder with one sub-folder per class, or a CSV manifest (``path,label[,split,fold,group]``)."""
+    """A folder with a sub-folder per class, or a CSV manifest (path,label[,split,fold,group])."""
     source = Path(source)
     if source.is_dir():
         return scan_folder(source)
@@ -104,7 +104,9 @@ def read_manifest(csv_path: Path) -> Dataset:
             bad_split += 1
             split = None
         opt = {k: (row.get(k) or "").strip() or None for k in ("fold", "group")}
-        items.append(Item(path=root / row["path"].strip(), label=row["label"].strip(), split=split, **opt))
+        items.append(
+            Item(path=root / row["path"].strip(), label=row["label"].strip(), split=split, **opt)
+        )
     notes = [f"{bad_split} rows with a split other than train/valid/test"] if bad_split else []
     return Dataset(root=root, items=items, notes=notes)
 
@@ -118,7 +120,9 @@ def make_splits(ds: Dataset, opts: SplitOptions) -> Splits:
         folds = {it.fold for it in items}
         for name, fold in (("test", opts.test_fold), ("valid", opts.valid_fold)):
             if fold is not None and fold not in folds:
-                raise DataError(f"{name} fold {fold!r} not found; folds are {sorted(map(str, folds))}")
+                raise DataError(
+                    f"{name} fold {fold!r} not found; folds are {sorted(map(str, folds))}"
+                )
         test = [it for it in items if it.fold == opts.test_fold]
         rest = [it for it in items if it.fold != opts.test_fold]
         if opts.valid_fold is not None:
@@ -160,7 +164,9 @@ def _apply_group_pattern(items: list[Item], pattern: str) -> list[Item]:
     return out
 
 
-def stratified_group_split(items: list[Item], fracs: dict[str, float], seed: int) -> dict[str, list[Item]]:
+def stratified_group_split(
+    items: list[Item], fracs: dict[str, float], seed: int
+) -> dict[str, list[Item]]:
     """Split into ``train`` plus the named fractions, per class, whole groups at a time.
 
     Items without a group are their own group. A group goes to the class of its most common
@@ -199,7 +205,10 @@ def _relkey(path: str | Path) -> str:
 
 
 def _from_split_lists(items: list[Item], root: Path, folder: Path):
-    by_key = {_relkey(it.path.relative_to(root)) if it.path.is_relative_to(root) else None: it for it in items}
+    by_key = {
+        _relkey(it.path.relative_to(root)) if it.path.is_relative_to(root) else None: it
+        for it in items
+    }
     out, missing, notes = {}, 0, []
     for name in SPLITS:
         f = folder / f"{name}.txt"

@@ -10,13 +10,15 @@ from .inference import load_model
 from .train import TrainConfig, train
 
 # Small enough to train in about two minutes on two CPU cores; the recipe is the default one.
-DEMO_CONFIG = dict(preset="tiny", epochs=20, n_mels=64, max_crop_s=1.5)
+DEMO_CONFIG = dict(preset="tiny", epochs=40, n_mels=64, max_crop_s=1.5)
 
 
-def run_demo(out: str | Path = "runs/demo", seed: int = 0, log=print, **overrides) -> dict:
+def run_demo(
+    out: str | Path = "runs/demo", seed: int = 0, n_per_class: int = 60, log=print, **overrides
+) -> dict:
     out = Path(out)
     t0 = time.perf_counter()
-    root = synth.make_dataset(out / "data", n_per_class=40, seed=seed)
+    root = synth.make_dataset(out / "data", n_per_class=n_per_class, seed=seed)
     ds = data.load_dataset(root)
     splits = data.make_splits(ds, data.SplitOptions(valid_frac=0.15, test_frac=0.15, seed=seed))
     log(f"synthesised {len(ds.items)} clips of {len(ds.labels)} classes in {root}\n")
@@ -29,6 +31,7 @@ def run_demo(out: str | Path = "runs/demo", seed: int = 0, log=print, **override
         p = clf.predict(it.path, top_k=2)
         top = ", ".join(f"{lb} {s:.2f}" for lb, s in p.top_k)
         log(f"  {it.path.name:<22} true {it.label:<13} predicted {p.label:<13} ({top})")
-    log(f"\ndemo finished in {time.perf_counter() - t0:.0f} s; test accuracy {metrics['accuracy']:.3f}; "
+    elapsed = time.perf_counter() - t0
+    log(f"\ndemo finished in {elapsed:.0f} s; test accuracy {metrics['accuracy']:.3f}; "
         f"model in {out / 'model.pt'}")  # fmt: skip
     return metrics

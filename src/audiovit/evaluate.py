@@ -29,8 +29,12 @@ def metrics(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str])
         "balanced_accuracy": float(recall[present].mean()) if present.any() else 0.0,
         "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
         "per_class": {
-            lb: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                 "support": int(support[i])}
+            lb: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
             for i, lb in enumerate(labels)
         },  # fmt: skip
         "confusion_matrix": cm.tolist(),
@@ -47,7 +51,8 @@ def format_table(m: dict) -> str:
     for lb in labels:
         r = m["per_class"][lb]
         lines.append(
-            f"{lb:<{w}} {r['precision']:>9.3f} {r['recall']:>7.3f} {r['f1']:>7.3f} {r['support']:>8d}"
+            f"{lb:<{w}} {r['precision']:>9.3f} {r['recall']:>7.3f} {r['f1']:>7.3f} "
+            f"{r['support']:>8d}"
         )
     lines.append(
         f"accuracy {m['accuracy']:.4f}   balanced accuracy {m['balanced_accuracy']:.4f}   "
@@ -59,7 +64,9 @@ def format_table(m: dict) -> str:
 def most_confused(m: dict, k: int = 5) -> list[tuple[str, str, int]]:
     """The ``k`` largest off-diagonal cells: (true label, predicted label, count)."""
     cm = np.asarray(m["confusion_matrix"])
-    off = [(int(cm[i, j]), i, j) for i in range(len(cm)) for j in range(len(cm)) if i != j and cm[i, j]]
+    off = [
+        (int(cm[i, j]), i, j) for i in range(len(cm)) for j in range(len(cm)) if i != j and cm[i, j]
+    ]
     return [(m["labels"][i], m["labels"][j], c) for c, i, j in sorted(off, reverse=True)[:k]]
 
 
@@ -90,7 +97,10 @@ def evaluate_items(clf, items, cache, hop_s: float | None = None) -> tuple[dict,
     skipped, kept, feats = [], [], []
     unknown = sorted({it.label for it in items} - set(index))
     if unknown:
-        skipped.append(f"{sum(it.label in unknown for it in items)} files of classes the model does not know: {', '.join(unknown)}")
+        skipped.append(
+            f"{sum(it.label in unknown for it in items)} files of classes the model does not "
+            f"know: {', '.join(unknown)}"
+        )
     for it in items:
         if it.label not in index:
             continue

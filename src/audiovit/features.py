@@ -57,7 +57,9 @@ def mel_to_hz(m: np.ndarray) -> np.ndarray:
     return np.where(m >= 15.0, 1000.0 * np.exp((np.log(6.4) / 27.0) * (m - 15.0)), m * 200.0 / 3)
 
 
-def mel_filterbank(*, sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None) -> np.ndarray:
+def mel_filterbank(
+    *, sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None
+) -> np.ndarray:
     """Slaney-normalised triangular filters, (n_mels, n_fft // 2 + 1) float32."""
     fmax = sr / 2 if fmax is None else fmax
     fft_hz = np.fft.rfftfreq(n_fft, d=1.0 / sr)
@@ -84,7 +86,9 @@ class LogMel(nn.Module):
     def __init__(self, cfg: FeatureConfig):
         super().__init__()
         self.cfg = cfg
-        fb = mel_filterbank(sr=cfg.sr, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=cfg.fmax)
+        fb = mel_filterbank(
+            sr=cfg.sr, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=cfg.fmax
+        )
         self.register_buffer("mel_basis", torch.from_numpy(fb), persistent=False)  # (F, K)
         window = torch.hann_window(cfg.win_length, periodic=True)
         self.register_buffer("window", window, persistent=False)
@@ -189,7 +193,9 @@ class FeatureCache:
 
     def __init__(self, root: str | os.PathLike, logmel: LogMel):
         self.logmel = logmel
-        cfg_key = hashlib.sha1(json.dumps(logmel.cfg.to_dict(), sort_keys=True).encode()).hexdigest()
+        cfg_key = hashlib.sha1(
+            json.dumps(logmel.cfg.to_dict(), sort_keys=True).encode()
+        ).hexdigest()
         self.root = Path(root) / cfg_key[:12]
 
     def _entry(self, path: Path) -> Path:

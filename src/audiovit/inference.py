@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -158,7 +158,9 @@ class Classifier:
             yield from w.push(chunk)
         yield from w.finish()
 
-    def _score(self, frame_chunks: Iterable[torch.Tensor], hop: int) -> tuple[list[int], torch.Tensor]:
+    def _score(
+        self, frame_chunks: Iterable[torch.Tensor], hop: int
+    ) -> tuple[list[int], torch.Tensor]:
         starts, probs, batch = [], [], []
         for start, window in self._stream_windows(frame_chunks, hop):
             starts.append(start)
@@ -212,7 +214,9 @@ class Classifier:
         windows, _ = frame_windows(feats, self.win, self.hop_frames(hop_s))
         return self.window_probs(windows).mean(dim=0)
 
-    def _prediction(self, starts, probs: torch.Tensor, duration_s: float, top_k: int, path) -> Prediction:
+    def _prediction(
+        self, starts, probs: torch.Tensor, duration_s: float, top_k: int, path
+    ) -> Prediction:
         clip = probs.mean(dim=0)
         k = max(1, min(top_k, len(self.labels)))
         scores, idx = clip.topk(k)

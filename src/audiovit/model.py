@@ -156,7 +156,9 @@ class ViT(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, F, T) dB → tokens (B, 1 + N, D) after the final norm."""
-        assert x.shape[1] == self.cfg.n_mels, f"expected {self.cfg.n_mels} mel bins, got {x.shape[1]}"
+        assert x.shape[1] == self.cfg.n_mels, (
+            f"expected {self.cfg.n_mels} mel bins, got {x.shape[1]}"
+        )
         x = standardize(x.float(), self.cfg.top_db)
         x, grid = self.patch_embed(x)  # (B, N, D)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1 + N, D)

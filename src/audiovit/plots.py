@@ -19,7 +19,10 @@ def confusion_matrix(m: dict, path: str | os.PathLike) -> None:
     norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
     size = max(5.0, 0.45 * len(labels) + 2)
     fig, axes = plt.subplots(1, 2, figsize=(2 * size + 1, size), constrained_layout=True)
-    for ax, data, title, fmt in ((axes[0], cm, "counts", "{:.0f}"), (axes[1], norm, "row-normalised", "{:.2f}")):
+    for ax, data, title, fmt in (
+        (axes[0], cm, "counts", "{:.0f}"),
+        (axes[1], norm, "row-normalised", "{:.2f}"),
+    ):
         ax.imshow(data, cmap="Blues", vmin=0)
         ax.set_title(f"Confusion matrix ({title}), accuracy {m['accuracy']:.3f}")
         ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right")

@@ -13,10 +13,14 @@ T = TypeVar("T")
 class Progress:
     """``for x in Progress(items, "caching"): ...``; ``bar.set(loss=0.3)`` adds figures."""
 
-    def __init__(self, items: Iterable[T], desc: str, total: int | None = None, stream: TextIO | None = None):
+    def __init__(
+        self, items: Iterable[T], desc: str, total: int | None = None, stream: TextIO | None = None
+    ):
         self.items = items
         self.desc = desc
-        self.total = total if total is not None else (len(items) if hasattr(items, "__len__") else None)
+        self.total = (
+            total if total is not None else (len(items) if hasattr(items, "__len__") else None)
+        )
         self.stream = stream or sys.stderr
         self.enabled = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.fields: dict[str, str] = {}

@@ -38,7 +38,9 @@ def tone(rng, t, sr):
 def chord(rng, t, sr):
     f0 = rng.uniform(150, 600)
     third = 4 if rng.random() < 0.5 else 3
-    return sum(_harmonic(f0 * 2 ** (s / 12), t, sr, 3) for s in (0, third, 7)) * _envelope(rng, t) / 2
+    return (
+        sum(_harmonic(f0 * 2 ** (s / 12), t, sr, 3) for s in (0, third, 7)) * _envelope(rng, t) / 2
+    )
 
 
 def chirp(rng, t, sr):
@@ -53,13 +55,13 @@ def chirp(rng, t, sr):
 
 
 def am_tone(rng, t, sr):
-    mod = 0.5 * (1 + np.sin(2 * np.pi * rng.uniform(4, 12) * t + rng.uniform(0, 6.3)))
+    mod = 0.5 * (1 + np.sin(2 * np.pi * rng.uniform(3, 8) * t + rng.uniform(0, 6.3))) ** 2
     return _harmonic(rng.uniform(200, 1000), t, sr) * mod * _envelope(rng, t)
 
 
 def fm_tone(rng, t, sr):
     f0 = rng.uniform(200, 1000)
-    vibrato = f0 * rng.uniform(0.05, 0.12) * np.sin(2 * np.pi * rng.uniform(4, 9) * t)
+    vibrato = f0 * rng.uniform(0.12, 0.25) * np.sin(2 * np.pi * rng.uniform(3, 7) * t)
     return _harmonic(f0 + vibrato, t, sr) * _envelope(rng, t)
 
 
@@ -81,7 +83,9 @@ def click_train(rng, t, sr):
     rate = rng.uniform(4, 25)
     env = _envelope(rng, t)
     idx = (np.arange(0, t[-1], 1 / rate) * sr).astype(int)
-    click = np.exp(-np.arange(int(0.004 * sr)) / (0.0007 * sr)) * np.sign(rng.standard_normal(int(0.004 * sr)))
+    click = np.exp(-np.arange(int(0.004 * sr)) / (0.0007 * sr)) * np.sign(
+        rng.standard_normal(int(0.004 * sr))
+    )
     for i in idx[env[idx] > 0]:
         seg = out[i : i + len(click)]
         seg += click[: len(seg)]
@@ -99,7 +103,9 @@ CLASSES: dict[str, Generator] = {
 }
 
 
-def make_clip(kind: str, rng: np.random.Generator, *, sr: int = 16000, duration: float = 2.0) -> np.ndarray:
+def make_clip(
+    kind: str, rng: np.random.Generator, *, sr: int = 16000, duration: float = 2.0
+) -> np.ndarray:
     """One clip (S,) float32 of class ``kind``, with random level and background noise."""
     t = np.arange(int(sr * duration)) / sr
     x = CLASSES[kind](rng, t, sr)
@@ -127,5 +133,10 @@ def make_dataset(
     for kind in classes or list(CLASSES):
         (root / kind).mkdir(parents=True, exist_ok=True)
         for i in range(n_per_class):
-            sf.write(root / kind / f"{kind}_{i:03d}.wav", make_clip(kind, rng, sr=sr, duration=duration), sr, subtype="PCM_16")
+            sf.write(
+                root / kind / f"{kind}_{i:03d}.wav",
+                make_clip(kind, rng, sr=sr, duration=duration),
+                sr,
+                subtype="PCM_16",
+            )
     return root

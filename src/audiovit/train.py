@@ -48,10 +48,13 @@ class TrainConfig:
     crop_s: float | None = None  # training window in seconds; None: min(3 s, median clip)
     max_crop_s: float = 3.0
     patch_stride: int = 16  # < 16 gives overlapping patches (more tokens, slower)
-    pool: str = "cls"
+    pool: str = "mean"  # mean of patch tokens trains faster than a class token on small data
     drop_path: float = 0.1
-    freq_mask: int = 24  # SpecAugment: max width of each frequency mask, in mel bins
-    time_mask: float = 0.2  # SpecAugment: max width of each time mask, fraction of the crop
+    crops_per_clip: int | None = (
+        None  # crops of each clip per epoch; None: enough to cover the median clip
+    )
+    freq_mask: float = 0.1  # SpecAugment: max width of each frequency mask, fraction of the bins
+    time_mask: float = 0.1  # SpecAugment: max width of each time mask, fraction of the crop
     n_masks: int = 2  # masks per axis
     eval_hop_s: float | None = None  # hop between scored windows; None: half a window
     sr: int = 16000
@@ -72,7 +75,9 @@ class Prepared:
     targets: list[int] = field(default_factory=list)
 
 
-def featurise(splits: data.Splits, cache: FeatureCache, log=print) -> tuple[dict[str, Prepared], list[str], list[str]]:
+def featurise(
+    splits: data.Splits, cache: FeatureCache
+) -> tuple[dict[str, Prepared], list[str], list[str]]:
     """Cache every file's log-mel, skipping files that cannot be decoded.
 
     Returns (per-split features, labels, skipped-file lines). Labels are the classes with
@@ -92,7 +97,9 @@ def featurise(splits: data.Splits, cache: FeatureCache, log=print) -> tuple[dict
     if missing:
         raise TrainingError(f"no usable training files left for class(es) {', '.join(missing)}")
     if len(raw["train"]) < 2 or len(labels) < 2:
-        raise TrainingError(f"too few usable training files ({len(raw['train'])}) or classes ({len(labels)})")
+        raise TrainingError(
+            f"too few usable training files ({len(raw['train'])}) or classes ({len(labels)})"
+        )
     index = {lb: i for i, lb in enumerate(labels)}
     out = {}
     for name, pairs in raw.items():
@@ -100,7 +107,9 @@ def featurise(splits: data.Splits, cache: FeatureCache, log=print) -> tuple[dict
         if unknown:
             skipped.append(f"{len(unknown)} {name} files of classes with no training files")
         pairs = [(it, f) for it, f in pairs if it.label in index]
-        out[name] = Prepared([it for it, _ in pairs], [f for _, f in pairs], [index[it.label] for it, _ in pairs])
+        out[name] = Prepared(
+            [it for it, _ in pairs], [f for _, f in pairs], [index[it.label] for it, _ in pairs]
+        )
     return out, labels, skipped
 
 
@@ -109,12 +118,17 @@ def crop_frames(cfg: TrainConfig, fcfg: FeatureConfig, train: Prepared) -> int:
     if cfg.crop_s is not None:
         seconds = cfg.crop_s
     else:
-        seconds = min(cfg.max_crop_s, float(np.median([f.shape[1] for f in train.feats])) / fcfg.sr * fcfg.hop_length)
+        seconds = min(
+            cfg.max_crop_s,
+            float(np.median([f.shape[1] for f in train.feats])) / fcfg.sr * fcfg.hop_length,
+        )
     n = max(16, fcfg.n_frames(seconds))
     return 16 + math.ceil((n - 16) / cfg.patch_stride) * cfg.patch_stride
 
 
-def random_crops(feats: list[np.ndarray], idx: np.ndarray, n: int, g: torch.Generator) -> torch.Tensor:
+def random_crops(
+    feats: list[np.ndarray], idx: np.ndarray, n: int, g: torch.Generator
+) -> torch.Tensor:
     """A random window of ``n`` frames from each chosen clip → (B, F, n); short clips are
     placed at a random offset in silence."""
     out = np.full((len(idx), feats[0].shape[0], n), SILENCE_DB, dtype=np.float32)
@@ -138,14 +152,17 @@ def lr_at(step: int, total: int, warmup: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, t)))
 
 
-def train_epoch(model, opt, batches, cfg: TrainConfig, device, amp, step0: int, total: int, warmup: int, g):
+def train_epoch(
+    model, opt, batches, cfg: TrainConfig, device, amp, step0: int, total: int, warmup: int, g
+):
     """One pass over ``batches`` of (x (B, F, T), y (B,)). Returns (mean loss, accuracy, steps)."""
     model.train()
     losses, correct, seen, bad, step = [], 0, 0, 0, step0
     time_w = int(cfg.time_mask * batches.n_frames)
+    freq_w = int(cfg.freq_mask * model.cfg.n_mels)
     bar = Progress(batches, f"epoch {batches.epoch}/{cfg.epochs}")
     for x, y in bar:
-        x = spec_augment(x, freq_mask=cfg.freq_mask, time_mask=time_w, n_masks=cfg.n_masks, generator=g)
+        x = spec_augment(x, freq_mask=freq_w, time_mask=time_w, n_masks=cfg.n_masks, generator=g)
         target = F.one_hot(y, model.cfg.n_classes).float()
         if cfg.mixup > 0:
             lam = float(torch.distributions.Beta(cfg.mixup, cfg.mixup).sample())
@@ -180,19 +197,37 @@ def train_epoch(model, opt, batches, cfg: TrainConfig, device, amp, step0: int, 
     return float(np.mean(losses)) if losses else float("nan"), correct / max(seen, 1), step
 
 
+def crops_per_clip(cfg: TrainConfig, train: Prepared, n_frames: int) -> int:
+    """How many crops of each clip an epoch draws: by default, enough that an epoch sees about
+    as much audio as the (median) clip holds, so long clips aren't reduced to one crop each."""
+    if cfg.crops_per_clip is not None:
+        return cfg.crops_per_clip
+    median = float(np.median([f.shape[1] for f in train.feats]))
+    return int(min(10, max(1, round(median / n_frames))))
+
+
 class Batches:
     """An epoch of shuffled batches of random crops, all drawn from one seeded generator."""
 
-    def __init__(self, prep: Prepared, batch_size: int, n_frames: int, epoch: int, g: torch.Generator):
-        self.prep, self.batch_size, self.n_frames, self.epoch, self.g = prep, batch_size, n_frames, epoch, g
-        n = len(prep.feats)
-        self.n_batches = n // batch_size if n >= batch_size else 1  # drop the ragged last batch
+    def __init__(self, prep: Prepared, batch_size: int, n_frames: int, repeats: int, epoch: int, g):
+        self.prep, self.batch_size, self.n_frames, self.epoch, self.g = (
+            prep,
+            batch_size,
+            n_frames,
+            epoch,
+            g,
+        )
+        self.n = len(prep.feats) * repeats
+        self.repeats = repeats
+        self.n_batches = (
+            self.n // batch_size if self.n >= batch_size else 1
+        )  # drop the ragged last batch
 
     def __len__(self) -> int:
         return self.n_batches
 
     def __iter__(self):
-        order = torch.randperm(len(self.prep.feats), generator=self.g).numpy()
+        order = torch.randperm(self.n, generator=self.g).numpy() % len(self.prep.feats)
         targets = torch.tensor(self.prep.targets)
         for b in range(self.n_batches):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
@@ -201,85 +236,154 @@ class Batches:
 
 def validate(clf: Classifier, prep: Prepared, labels, hop_s) -> tuple[dict, float]:
     """Whole-clip metrics and mean clip-level cross-entropy."""
-    m, probs = evaluate.score_clips(lambda f: clf.predict_features(f, hop_s), prep.feats, prep.targets, labels)
+    clf.model.eval()
+    m, probs = evaluate.score_clips(
+        lambda f: clf.predict_features(f, hop_s), prep.feats, prep.targets, labels
+    )
     p = probs[np.arange(len(prep.targets)), prep.targets] if len(probs) else np.ones(1)
     return m, float(-np.log(np.clip(p, 1e-7, 1)).mean())
 
 
-def train(ds: data.Dataset, splits: data.Splits, cfg: TrainConfig, out: str | Path, resume: bool = False, log=print) -> dict:
-    """Train on ``splits`` and write the run folder ``out``; returns the final metrics."""
+def train(
+    ds: data.Dataset,
+    splits: data.Splits,
+    cfg: TrainConfig,
+    out: str | Path,
+    resume: bool = False,
+    log=print,
+) -> dict:
+    """Train on ``splits``, write the run folder ``out`` and return the final metrics.
+
+    ``out`` receives model.pt (the best epoch on validation), last.pt (for ``resume``),
+    log.jsonl, metrics.json (test split, else validation) and the plots.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     amp = autocast_dtype(device) if cfg.amp else None
-    torch.manual_seed(cfg.seed)
     fcfg = FeatureConfig(sr=cfg.sr, n_mels=cfg.n_mels)
-    cache = FeatureCache(cfg.cache_dir or default_cache_dir(), LogMel(fcfg))
-    prep, labels, skipped = featurise(splits, cache, log)
+    prep, labels, skipped = featurise(
+        splits, FeatureCache(cfg.cache_dir or default_cache_dir(), LogMel(fcfg))
+    )
     for line in skipped:
         log(f"skipped: {line}")
     if not prep["valid"].feats:
         raise TrainingError("the validation split is empty: give more data or a --valid-fold")
     n_frames = crop_frames(cfg, fcfg, prep["train"])
+    repeats = crops_per_clip(cfg, prep["train"], n_frames)
+    model = _build_model(cfg, fcfg, len(labels), n_frames, device, log)
+    opt = _optimizer(model, cfg)
+    state = (
+        _restore(out, cfg, labels, model, opt, log)
+        if resume
+        else {"epoch": 0, "step": 0, "best": None, "log": []}
+    )
+    # last.pt holds the log of the epochs it has seen; an epoch cut short left no line.
+    (out / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in state["log"]))
+    meta = {"train_config": asdict(cfg), "data": _data_meta(ds, splits, prep, labels, skipped)}
+    clf = Classifier(model, fcfg, labels, device=device)
+    steps = len(Batches(prep["train"], cfg.batch_size, n_frames, repeats, 0, None))
+    schedule = (
+        cfg.epochs * steps,
+        max(1, int(cfg.warmup_epochs * steps)),
+    )  # (total, warm-up) steps
+    n_params = sum(p.numel() for p in model.parameters()) / 1e6
+    log(f"model: ViT-{cfg.preset}, {n_params:.2f} M parameters, {model.grid[0] * model.grid[1]} "
+        f"patches per {fcfg.seconds(n_frames):.2f} s window, {steps} steps "
+        f"per epoch; device {device}{', bf16 autocast' if amp else ''}")  # fmt: skip
+    interrupted = _Interrupt()
+    try:
+        for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
+            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+            torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout / stochastic depth
+            t0 = time.perf_counter()
+            batches = Batches(prep["train"], cfg.batch_size, n_frames, repeats, epoch, g)
+            loss, acc, state["step"] = train_epoch(
+                model, opt, batches, cfg, device, amp, state["step"], *schedule, g
+            )
+            train_s = time.perf_counter() - t0
+            vm, vloss = validate(clf, prep["valid"], labels, cfg.eval_hop_s)
+            rec = {"epoch": epoch, "train_loss": loss, "train_acc": acc, "valid_loss": vloss,
+                   "valid_acc": vm["accuracy"], "lr": opt.param_groups[0]["lr"],
+                   "epoch_s": round(time.perf_counter() - t0, 2),
+                   "clips_per_s": round(len(batches) * cfg.batch_size / train_s, 1)}  # fmt: skip
+            state["log"].append(rec)
+            with open(out / "log.jsonl", "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            score = (vm["accuracy"], -vloss)
+            is_best = state["best"] is None or score > tuple(state["best"])
+            if is_best:
+                state["best"] = list(score)
+                checkpoint.save_model(
+                    out / "model.pt", model, fcfg, labels, {**meta, "epoch": epoch}
+                )
+            state["epoch"] = epoch
+            _save_state(out, model, opt, cfg, labels, state)
+            log(f"epoch {epoch:3d}  loss {loss:.3f}  acc {acc:.3f}  valid loss {vloss:.3f}  "
+                f"valid acc {vm['accuracy']:.3f}  {rec['clips_per_s']:.0f} clips/s  "
+                f"{rec['epoch_s']:.0f} s"
+                f"{'  *' if is_best else ''}")  # fmt: skip
+            if interrupted.flag:
+                raise KeyboardInterrupt
+    finally:
+        interrupted.restore()
+    return finish_run(out, fcfg, prep, labels, state["log"], cfg, device, log)
+
+
+def _build_model(
+    cfg: TrainConfig, fcfg: FeatureConfig, n_classes: int, n_frames: int, device, log
+) -> ViT:
+    torch.manual_seed(cfg.seed)
     mcfg = ModelConfig.from_preset(
-        cfg.preset, n_classes=len(labels), n_mels=fcfg.n_mels, n_frames=n_frames,
+        cfg.preset, n_classes=n_classes, n_mels=fcfg.n_mels, n_frames=n_frames,
         patch_stride=cfg.patch_stride, pool=cfg.pool, drop_path=cfg.drop_path,
     )  # fmt: skip
-    model = ViT(mcfg).to(device)
+    model = ViT(mcfg)
     if cfg.init:
         missing = load_timm_weights(model, _read_state_dict(cfg.init))
         log(f"initialised from {cfg.init}; {len(missing)} tensors kept their random init")
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "pos_embed" not in n and "token" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "pos_embed" not in n and "token" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
-    steps_per_epoch = Batches(prep["train"], cfg.batch_size, n_frames, 0, None).n_batches
-    total, warmup = cfg.epochs * steps_per_epoch, max(1, int(cfg.warmup_epochs * steps_per_epoch))
-    state = {"epoch": 0, "step": 0, "best": None, "log": []}
-    if resume and (out / "last.pt").exists():
-        saved = checkpoint.safe_load(out / "last.pt")
-        if saved.get("train_config") != asdict(cfg) or saved.get("labels") != labels:
-            raise TrainingError(f"{out / 'last.pt'}: the run was started with other settings or data; use a new --out")
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optimizer"])
-        state = {k: saved[k] for k in ("epoch", "step", "best", "log")}
-        log(f"resuming after epoch {state['epoch']}")
-    meta = {"train_config": asdict(cfg), "data": _data_meta(splits, prep, labels, skipped)}
-    clf = Classifier(model, fcfg, labels, device=device)
-    log(f"model: ViT-{cfg.preset}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
-        f"{mcfg.grid()[0] * mcfg.grid()[1]} patches per {fcfg.seconds(n_frames):.2f} s window; device {device}"
-        f"{', bf16 autocast' if amp else ''}")  # fmt: skip
-    interrupted = _Interrupt()
-    for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout / stochastic depth
-        t0 = time.perf_counter()
-        batches = Batches(prep["train"], cfg.batch_size, n_frames, epoch, g)
-        loss, acc, state["step"] = train_epoch(model, opt, batches, cfg, device, amp, state["step"], total, warmup, g)
-        train_s = time.perf_counter() - t0
-        vm, vloss = validate(clf, prep["valid"], labels, cfg.eval_hop_s)
-        rec = {"epoch": epoch, "train_loss": loss, "train_acc": acc, "valid_loss": vloss, "valid_acc": vm["accuracy"],
-               "lr": opt.param_groups[0]["lr"], "epoch_s": round(time.perf_counter() - t0, 2),
-               "clips_per_s": round(len(batches) * cfg.batch_size / train_s, 1)}  # fmt: skip
-        state["log"].append(rec)
-        with open(out / "log.jsonl", "a") as f:
-            f.write(json.dumps(rec) + "\n")
-        score = (vm["accuracy"], -vloss)
-        best = state["best"] is None or score > tuple(state["best"])
-        if best:
-            state["best"] = list(score)
-            checkpoint.save_model(out / "model.pt", model, fcfg, labels, {**meta, "epoch": epoch})
-        log(f"epoch {epoch:3d}  loss {loss:.3f}  acc {acc:.3f}  valid loss {vloss:.3f}  valid acc {vm['accuracy']:.3f}"
-            f"  {rec['clips_per_s']:.0f} clips/s  {rec['epoch_s']:.0f} s{'  *' if best else ''}")  # fmt: skip
-        checkpoint.atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "train_config": asdict(cfg),
-                                "labels": labels, **{k: state[k] for k in ("step", "best", "log")}, "epoch": epoch},
-                               out / "last.pt")  # fmt: skip
-        if interrupted.flag:
-            raise KeyboardInterrupt
-    interrupted.restore()
-    return finish_run(out, fcfg, prep, labels, state["log"], cfg, meta, device, log)
+    return model.to(device)
 
 
-def finish_run(out: Path, fcfg, prep, labels, log_records, cfg: TrainConfig, meta, device, log) -> dict:
+def _optimizer(model: ViT, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; no weight decay on biases, norms, the class token and the position embedding."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (decay if p.ndim > 1 and name not in ("pos_embed", "cls_token") else no_decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def _save_state(
+    out: Path, model: ViT, opt, cfg: TrainConfig, labels: list[str], state: dict
+) -> None:
+    checkpoint.atomic_save(
+        {"model": model.state_dict(), "optimizer": opt.state_dict(), "train_config": asdict(cfg),
+         "labels": labels, **state},
+        out / "last.pt",
+    )  # fmt: skip
+
+
+def _restore(out: Path, cfg: TrainConfig, labels: list[str], model: ViT, opt, log) -> dict:
+    """Load last.pt into ``model`` and ``opt``; returns the loop state (epoch, step, best, log)."""
+    if not (out / "last.pt").exists():
+        log(f"nothing to resume in {out}: starting afresh")
+        return {"epoch": 0, "step": 0, "best": None, "log": []}
+    saved = checkpoint.safe_load(out / "last.pt")
+    if saved.get("train_config") != asdict(cfg) or saved.get("labels") != labels:
+        raise TrainingError(f"{out / 'last.pt'}: that run used other settings or data; resume "
+                            "it with "
+                            "the same command, or train into a new --out")  # fmt: skip
+    model.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["optimizer"])
+    log(f"resuming after epoch {saved['epoch']}")
+    return {k: saved[k] for k in ("epoch", "step", "best", "log")}
+
+
+def finish_run(out: Path, fcfg, prep, labels, log_records, cfg: TrainConfig, device, log) -> dict:
     """Score the best model on test (else valid); write metrics.json and the plots."""
     model, _, _, saved_meta = checkpoint.load_model(out / "model.pt", device)
     clf = Classifier(model, fcfg, labels, device=device)
@@ -287,7 +391,9 @@ def finish_run(out: Path, fcfg, prep, labels, log_records, cfg: TrainConfig, met
     m, _ = validate(clf, prep[split], labels, cfg.eval_hop_s)
     m = {**m, "split": split, "best_epoch": saved_meta.get("epoch")}
     (out / "metrics.json").write_text(json.dumps(m, indent=2))
-    checkpoint.save_model(out / "model.pt", model, fcfg, labels, {**saved_meta, "metrics": _headline(m)})
+    checkpoint.save_model(
+        out / "model.pt", model, fcfg, labels, {**saved_meta, "metrics": _headline(m)}
+    )
     plots.confusion_matrix(m, out / "confusion.png")
     plots.per_class_f1(m, out / "per_class_f1.png")
     if log_records:
@@ -300,13 +406,16 @@ def _headline(m: dict) -> dict:
     return {k: m[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "n", "split")}
 
 
-def _data_meta(splits, prep, labels, skipped) -> dict:
+def _data_meta(ds, splits, prep, labels, skipped) -> dict:
     return {
         "labels": labels,
-        "counts": {n: {lb: int(sum(1 for t in prep[n].targets if labels[t] == lb)) for lb in labels} for n in data.SPLITS},
+        "counts": {
+            n: {lb: int(sum(1 for t in prep[n].targets if labels[t] == lb)) for lb in labels}
+            for n in data.SPLITS
+        },
         "skipped": skipped[:100],
         "n_skipped": len(skipped),
-        "notes": splits.notes,
+        "notes": ds.notes + splits.notes,
     }
 
 

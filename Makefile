@@ -1,0 +1,36 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+# torch is installed first, pinned to the CPU build this machine keeps on disk; elsewhere set
+# TORCH to the build you want (e.g. make demo TORCH="torch==2.13.0+cpu" with a CPU index).
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+
+.PHONY: demo test test-all lint clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q "$(TORCH)"
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.test-installed: $(VENV)/.installed
+	$(PIP) install -q -e ".[test]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/audiovit demo --out runs/demo
+
+test: $(VENV)/.test-installed
+	$(PY) -m pytest -q
+
+test-all: $(VENV)/.test-installed  ## the long variants too
+	$(PY) -m pytest -q -m ""
+
+lint: $(VENV)/.test-installed
+	$(PIP) install -q ruff
+	$(VENV)/bin/ruff check src tests && $(VENV)/bin/ruff format --check src tests
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

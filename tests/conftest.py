@@ -1,0 +1,53 @@
+"""Shared fixtures: synthetic datasets in temporary folders and one small trained model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from audiovit import data, synth
+from audiovit.train import TrainConfig, train
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+# A configuration small enough to train in seconds: the default recipe on short crops.
+FAST = dict(epochs=12, n_mels=32, max_crop_s=0.5, batch_size=16, warmup_epochs=1.0, amp=False)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("AUDIOVIT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    """4 easy classes × 40 one-second clips, folder per class."""
+    root = tmp_path_factory.mktemp("synth")
+    return synth.make_dataset(
+        root,
+        n_per_class=40,
+        classes=["tone", "noise_bursts", "click_train", "chirp"],
+        duration=1.0,
+        seed=1,
+    )
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, synth_root) -> Path:
+    """A run folder trained on ``synth_root``; returns the folder."""
+    os.environ.setdefault("AUDIOVIT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    out = tmp_path_factory.mktemp("run")
+    ds = data.load_dataset(synth_root)
+    splits = data.make_splits(ds, data.SplitOptions(seed=0, valid_frac=0.15, test_frac=0.15))
+    train(ds, splits, TrainConfig(**FAST, cache_dir=str(out / "cache")), out, log=lambda *a: None)
+    return out
+
+
+def sine(seconds: float, sr: int = 16000, hz: float = 440.0) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    return (0.3 * np.sin(2 * np.pi * hz * t)).astype(np.float32)

@@ -1,0 +1,97 @@
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import audiovit
+from audiovit.inference import _Windower, frame_windows, window_starts
+from conftest import sine
+
+
+@pytest.mark.parametrize(
+    "T,win,hop", [(10, 16, 8), (16, 16, 8), (17, 16, 8), (100, 16, 8), (100, 16, 16), (101, 30, 7)]
+)
+def test_windows_cover_the_clip(T, win, hop):
+    starts = window_starts(T, win, hop)
+    covered = np.zeros(max(T, win), bool)
+    for s in starts:
+        covered[s : s + win] = True
+    assert covered[:T].all() and starts[-1] + win == max(T, win) and starts == sorted(set(starts))
+
+
+@pytest.mark.parametrize("T,chunk", [(10, 3), (16, 16), (17, 5), (203, 7), (203, 500), (50, 1)])
+def test_streaming_windows_equal_whole_clip_windows(T, chunk):
+    feats = torch.randn(4, T)
+    whole, starts = frame_windows(feats, 16, 6)
+    w = _Windower(16, 6)
+    got = [pair for i in range(0, T, chunk) for pair in w.push(feats[:, i : i + chunk])] + list(
+        w.finish()
+    )
+    assert [s for s, _ in got] == starts
+    torch.testing.assert_close(torch.stack([x for _, x in got]), whole)
+
+
+def test_predict_file_waveform_and_features_agree(trained, synth_root):
+    clf = audiovit.load_model(trained / "model.pt", device="cpu")
+    path = sorted((synth_root / "chirp").glob("*.wav"))[0]
+    from_file = clf.predict(path, top_k=2)
+    x, sr = sf.read(path, dtype="float32")
+    from_wave = clf.predict(x, sr=sr, top_k=2)
+    assert from_file.label == from_wave.label
+    np.testing.assert_allclose(from_file.probs, from_wave.probs, atol=1e-5)
+    assert len(from_file.top_k) == 2 and from_file.top_k[0] == (
+        from_file.label,
+        pytest.approx(from_file.score),
+    )
+    assert abs(from_file.duration_s - 1.0) < 1e-3
+    assert from_file.segments[0].start_s == 0 and from_file.segments[-1].end_s == pytest.approx(1.0)
+    d = from_file.to_dict(timeline=True)
+    assert set(d) == {"path", "label", "score", "top_k", "duration_s", "segments"}
+
+
+def test_long_file_is_streamed_in_blocks(trained, tmp_path, monkeypatch):
+    from audiovit import audio
+
+    clf = audiovit.load_model(trained / "model.pt", device="cpu")
+    x = np.concatenate(
+        [
+            sine(20.0, hz=300),
+            np.random.default_rng(0).standard_normal(16000 * 20).astype(np.float32) * 0.05,
+        ]
+    )
+    sf.write(tmp_path / "long.flac", x, 16000)
+    whole = clf.predict(tmp_path / "long.flac", hop_s=1.0)
+    monkeypatch.setattr(audio, "BLOCK_SECONDS", 0.37)
+    sizes = []
+    real = audio.stream
+
+    def small_blocks(path, sr, block_s=0.37):
+        for b in real(path, sr=sr, block_s=0.37):
+            sizes.append(len(b))
+            yield b
+
+    monkeypatch.setattr(audio, "stream", small_blocks)
+    streamed = clf.predict(tmp_path / "long.flac", hop_s=1.0)
+    assert max(sizes) <= 0.37 * 16000 + 1 and len(sizes) > 100
+    np.testing.assert_allclose(streamed.probs, whole.probs, atol=2e-4)
+    assert len(streamed.segments) == len(whole.segments) >= 39
+    assert streamed.segments[-1].end_s == pytest.approx(40.0)
+
+
+@pytest.mark.parametrize("seconds", [0.01, 0.1, 0.3])
+def test_very_short_clips_are_padded(trained, seconds):
+    clf = audiovit.load_model(trained / "model.pt", device="cpu")
+    p = clf.predict(sine(seconds), sr=16000)
+    assert len(p.segments) == 1 and np.isfinite(p.probs).all() and p.label in clf.labels
+
+
+def test_silence_gives_finite_probabilities(trained):
+    clf = audiovit.load_model(trained / "model.pt", device="cpu")
+    p = clf.predict(np.zeros(16000 * 3, np.float32), sr=16000)
+    assert np.isfinite(p.probs).all() and abs(p.probs.sum(axis=1) - 1).max() < 1e-5
+
+
+def test_waveform_needs_a_sample_rate(trained):
+    clf = audiovit.load_model(trained / "model.pt", device="cpu")
+    with pytest.raises(ValueError, match="sample rate"):
+        clf.predict(sine(1.0))

@@ -1,0 +1,106 @@
+import pytest
+import torch
+
+from audiovit.model import ModelConfig, ViT, load_timm_weights, standardize
+
+
+def small(**kw) -> ModelConfig:
+    base = dict(n_classes=5, n_mels=32, n_frames=48, width=64, n_layers=2, n_heads=4)
+    return ModelConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+@pytest.mark.parametrize("stride", [16, 10])
+def test_shapes_and_every_parameter_gets_a_gradient(pool, stride):
+    model = ViT(small(pool=pool, patch_stride=stride))
+    x = torch.randn(3, 32, 48) * 20 - 50
+    logits = model(x)
+    assert logits.shape == (3, 5)
+    logits.square().sum().backward()
+    no_grad = [
+        n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0
+    ]
+    assert no_grad == []
+    fp, tp = model.cfg.grid()
+    assert model.pos_embed.shape == (1, 1 + fp * tp, 64)
+
+
+def test_presets_have_the_published_sizes():
+    n = lambda preset: sum(
+        p.numel() for p in ViT(ModelConfig.from_preset(preset, n_classes=10)).parameters()
+    )
+    assert 5.0e6 < n("tiny") < 6.0e6 and 21e6 < n("small") < 22.5e6
+    with pytest.raises(ValueError, match="unknown preset"):
+        ModelConfig.from_preset("huge", n_classes=2)
+
+
+def test_other_input_lengths_resample_the_position_embedding():
+    model = ViT(small()).eval()
+    for T in (16, 48, 100):
+        assert torch.isfinite(model(torch.randn(2, 32, T))).all()
+    with pytest.raises(AssertionError, match="mel bins"):
+        model(torch.randn(1, 31, 48))
+
+
+def test_silence_and_constant_input_give_finite_logits():
+    model = ViT(small()).eval()
+    x = torch.stack([torch.full((32, 48), -100.0), torch.zeros(32, 48), torch.full((32, 48), 1e4)])
+    assert torch.isfinite(model(x)).all()
+    s = standardize(x, 80.0)
+    assert torch.isfinite(s).all() and s.abs().max() == 0
+
+
+def test_example_scores_do_not_depend_on_the_batch():
+    model = ViT(small()).eval()
+    x = torch.randn(4, 32, 48) * 10
+    torch.testing.assert_close(model(x)[1:2], model(x[1:2]), atol=1e-5, rtol=1e-5)
+
+
+def _imagenet_state(width=64, heads=4, layers=2, patch=16, side=14, deit=False) -> dict:
+    """A state dict in timm's VisionTransformer layout, as an ImageNet checkpoint would hold."""
+    cfg = ModelConfig(
+        n_classes=1000,
+        n_mels=patch * side,
+        n_frames=patch * side,
+        width=width,
+        n_layers=layers,
+        n_heads=heads,
+        patch_size=patch,
+        patch_stride=patch,
+    )
+    state = ViT(cfg).state_dict()
+    state["patch_embed.proj.weight"] = torch.randn(width, 3, patch, patch)
+    if deit:
+        state["dist_token"] = torch.randn(1, 1, width)
+        state["pos_embed"] = torch.randn(1, 2 + side * side, width)
+        state["head_dist.weight"] = torch.randn(1000, width)
+    return state
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "pth", "deit"])
+def test_init_from_imagenet_checkpoint(tmp_path, fmt):
+    from safetensors.torch import load_file, save_file
+
+    from audiovit.train import _read_state_dict
+
+    state = _imagenet_state(deit=fmt == "deit")
+    path = tmp_path / f"vit.{'safetensors' if fmt == 'safetensors' else 'pth'}"
+    if fmt == "safetensors":
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+        assert set(load_file(str(path))) == set(state)
+    else:
+        torch.save({"model": state}, path)
+    model = ViT(small())
+    missing = load_timm_weights(model, _read_state_dict(str(path)))
+    assert set(missing) == {"head.weight", "head.bias"}
+    torch.testing.assert_close(
+        model.patch_embed.proj.weight, state["patch_embed.proj.weight"].sum(1, keepdim=True)
+    )
+    torch.testing.assert_close(model.blocks[1].attn.qkv.weight, state["blocks.1.attn.qkv.weight"])
+    assert model.pos_embed.shape[1] == 1 + model.grid[0] * model.grid[1]
+    assert torch.isfinite(model(torch.randn(2, 32, 48))).all()
+
+
+def test_init_refuses_a_checkpoint_of_another_width():
+    with pytest.raises(ValueError, match="width"):
+        load_timm_weights(ViT(small()), _imagenet_state(width=96, heads=4))

@@ -1,0 +1,106 @@
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from audiovit import data
+from audiovit.train import TrainConfig, TrainingError, train
+from conftest import FAST
+
+
+def test_short_run_beats_chance_by_a_wide_margin(trained):
+    m = json.loads((trained / "metrics.json").read_text())
+    assert m["split"] == "test" and m["n"] > 0
+    assert m["accuracy"] >= 0.8, m["accuracy"]  # chance is 0.25
+    log = [json.loads(line) for line in (trained / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == list(range(1, FAST["epochs"] + 1))
+    assert log[-1]["train_loss"] < log[0]["train_loss"]
+    for name in ("model.pt", "last.pt", "confusion.png", "curves.png", "per_class_f1.png"):
+        assert (trained / name).stat().st_size > 0
+
+
+def _splits(root):
+    ds = data.load_dataset(root)
+    return ds, data.make_splits(ds, data.SplitOptions(seed=0, valid_frac=0.15, test_frac=0.15))
+
+
+def test_resume_reproduces_the_uninterrupted_run(synth_root, tmp_path, monkeypatch):
+    cfg = TrainConfig(**{**FAST, "epochs": 4}, cache_dir=str(tmp_path / "cache"))
+    ds, splits = _splits(synth_root)
+    full = train(ds, splits, cfg, tmp_path / "full", log=lambda *a: None)
+
+    T = sys.modules["audiovit.train"]  # the module; audiovit.train is the re-exported function
+    real = T.train_epoch
+    calls = {"n": 0}
+
+    def dies_in_epoch_3(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # as a kill would, mid-epoch
+        return real(*a, **kw)
+
+    monkeypatch.setattr(T, "train_epoch", dies_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(ds, splits, cfg, tmp_path / "cut", log=lambda *a: None)
+    monkeypatch.setattr(T, "train_epoch", real)
+    resumed = train(ds, splits, cfg, tmp_path / "cut", resume=True, log=lambda *a: None)
+    assert resumed["accuracy"] == full["accuracy"]
+    log_full = (tmp_path / "full" / "log.jsonl").read_text().splitlines()
+    log_cut = (tmp_path / "cut" / "log.jsonl").read_text().splitlines()
+    strip = lambda lines: [
+        {k: v for k, v in json.loads(x).items() if k not in ("epoch_s", "clips_per_s")}
+        for x in lines
+    ]
+    assert strip(log_cut) == strip(log_full)
+
+
+def test_non_finite_loss_stops_with_a_clear_message(synth_root, tmp_path, monkeypatch):
+    import audiovit.model as M
+
+    monkeypatch.setattr(
+        M.ViT, "forward", lambda self, x: torch.full((x.shape[0], self.cfg.n_classes), float("nan"))
+    )
+    ds, splits = _splits(synth_root)
+    with (
+        pytest.warns(UserWarning, match="non-finite loss"),
+        pytest.raises(TrainingError, match="learning rate"),
+    ):
+        train(
+            ds,
+            splits,
+            TrainConfig(**FAST, cache_dir=str(tmp_path / "c")),
+            tmp_path / "run",
+            log=lambda *a: None,
+        )
+
+
+def test_bad_files_are_skipped_and_empty_classes_refused(synth_root, tmp_path):
+    import shutil
+
+    root = tmp_path / "d"
+    shutil.copytree(synth_root, root)
+    (root / "tone" / "broken.wav").write_bytes(b"RIFF\x00\x00not audio at all")
+    lines = []
+    cfg = TrainConfig(**{**FAST, "epochs": 1}, cache_dir=str(tmp_path / "c"))
+    ds, splits = _splits(root)
+    train(ds, splits, cfg, tmp_path / "run", log=lines.append)
+    assert any("broken.wav" in ln and ln.startswith("skipped") for ln in lines)
+    for f in (root / "chirp").glob("*.wav"):
+        f.write_bytes(b"garbage")
+    ds, splits = _splits(root)
+    with pytest.raises(TrainingError, match="chirp"):
+        train(ds, splits, cfg, tmp_path / "run2", log=lambda *a: None)
+
+
+def test_crop_length_follows_the_data():
+    from audiovit.features import FeatureConfig
+    from audiovit.train import Prepared, crop_frames
+
+    short = Prepared(feats=[np.zeros((64, 45))] * 3)
+    long = Prepared(feats=[np.zeros((64, 3001))] * 3)
+    f = FeatureConfig()
+    assert crop_frames(TrainConfig(), f, short) == 48  # ~0.45 s, rounded up to whole patches
+    assert crop_frames(TrainConfig(), f, long) == 304  # capped at 3 s
+    assert crop_frames(TrainConfig(crop_s=1.0, patch_stride=10), f, long) == 106
