@@ -7,6 +7,7 @@ soxr's. Every failure is an :class:`AudioError` whose message is one line naming
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -37,7 +38,8 @@ def is_audio_path(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in AUDIO_EXTENSIONS
 
 
-def _check_file(path: Path) -> None:
+def check_file(path: Path) -> None:
+    """Raise AudioError unless ``path`` is a readable, non-empty file."""
     if not path.exists():
         raise AudioError(path, "no such file")
     if path.is_dir():
@@ -67,11 +69,27 @@ def resample(x: np.ndarray, sr_in: int, sr: int) -> np.ndarray:
     return soxr.resample(x, sr_in, sr).astype(np.float32, copy=False)
 
 
-def _soundfile_blocks(path: Path, block: int) -> Iterator[tuple[np.ndarray, int]]:
-    with sf.SoundFile(str(path)) as f:
-        if f.samplerate <= 0 or f.channels <= 0:
-            raise AudioError(path, f"invalid header ({f.samplerate} Hz, {f.channels} channels)")
-        frames = max(1, int(block * f.samplerate))
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence C libraries that print to fd 2 while probing (mpg123's "Note: ..." lines), so a
+    bad file yields our one-line error and nothing else."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    with open(os.devnull, "wb") as null:
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _soundfile_blocks(f: sf.SoundFile, block_s: float) -> Iterator[tuple[np.ndarray, int]]:
+    with f:
+        frames = max(1, int(block_s * f.samplerate))
         while True:
             data = f.read(frames, dtype="float32", always_2d=True)
             if len(data) == 0:
@@ -106,10 +124,14 @@ def stream(
     Memory stays bounded by ``block_s`` whatever the file's length. Raises :class:`AudioError`.
     """
     path = Path(path)
-    _check_file(path)
+    check_file(path)
     try:
-        sf.info(str(path))
-        blocks = _soundfile_blocks(path, block_s)
+        with _quiet_stderr():
+            f = sf.SoundFile(str(path))
+        if f.samplerate <= 0 or f.channels <= 0:
+            f.close()
+            raise AudioError(path, f"invalid header ({f.samplerate} Hz, {f.channels} channels)")
+        blocks = _soundfile_blocks(f, block_s)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
         if shutil.which("ffmpeg") is None:
             raise AudioError(path, f"not a readable audio file ({_sf_reason(e)})") from None

@@ -206,10 +206,8 @@ class FeatureCache:
     def get(self, path: str | os.PathLike) -> np.ndarray:
         """Log-mel (F, T) float16 of ``path``, computed once. Raises audio.AudioError."""
         path = Path(path)
-        try:
-            entry = self._entry(path)
-        except OSError as e:
-            raise audio.AudioError(path, e.strerror or str(e)) from None
+        audio.check_file(path)
+        entry = self._entry(path)
         try:
             return np.load(entry, allow_pickle=False)
         except FileNotFoundError:

@@ -308,8 +308,6 @@ def train(
                    "epoch_s": round(time.perf_counter() - t0, 2),
                    "clips_per_s": round(len(batches) * cfg.batch_size / train_s, 1)}  # fmt: skip
             state["log"].append(rec)
-            with open(out / "log.jsonl", "a") as f:
-                f.write(json.dumps(rec) + "\n")
             score = (vm["accuracy"], -vloss)
             is_best = state["best"] is None or score > tuple(state["best"])
             if is_best:
@@ -319,6 +317,8 @@ def train(
                 )
             state["epoch"] = epoch
             _save_state(out, model, opt, cfg, labels, state)
+            with open(out / "log.jsonl", "a") as f:  # after the state: a logged epoch is saved
+                f.write(json.dumps(rec) + "\n")
             log(f"epoch {epoch:3d}  loss {loss:.3f}  acc {acc:.3f}  valid loss {vloss:.3f}  "
                 f"valid acc {vm['accuracy']:.3f}  {rec['clips_per_s']:.0f} clips/s  "
                 f"{rec['epoch_s']:.0f} s"
