@@ -1,4 +1,6 @@
 import os
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -99,3 +101,20 @@ def test_truncated_wav_decodes_what_is_there(tmp_path):
     path.write_bytes(path.read_bytes()[: 44 + 16000])  # half the data chunk
     y = audio.load(path, sr=16000)
     assert 7000 < len(y) <= 8000
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="no ffmpeg executable installed")
+def test_ffmpeg_fallback_reads_m4a(tmp_path):
+    sf.write(tmp_path / "a.wav", sine(1.0, 44100, 440.0), 44100)
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", tmp_path / "a.wav", "-c:a", "aac", tmp_path / "a.m4a"],
+        check=True,
+    )
+    y = audio.load(tmp_path / "a.m4a", sr=16000)
+    assert abs(len(y) - 16000) < 1600
+    peak_hz = np.argmax(np.abs(np.fft.rfft(y))) * 16000 / len(y)
+    assert abs(peak_hz - 440) < 10
+    (tmp_path / "bad.m4a").write_bytes(b"\x00\x00\x00\x18ftypM4A " + b"\x07" * 500)
+    with pytest.raises(audio.AudioError) as e:
+        audio.load(tmp_path / "bad.m4a", sr=16000)
+    assert "ffmpeg" in str(e.value) and str(e.value).count(str(tmp_path)) == 1

@@ -11,6 +11,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,22 +70,26 @@ def resample(x: np.ndarray, sr_in: int, sr: int) -> np.ndarray:
     return soxr.resample(x, sr_in, sr).astype(np.float32, copy=False)
 
 
+_STDERR_LOCK = threading.Lock()  # fd 2 is process-wide: one redirection at a time
+
+
 @contextlib.contextmanager
 def _quiet_stderr():
     """Silence C libraries that print to fd 2 while probing (mpg123's "Note: ..." lines), so a
     bad file yields our one-line error and nothing else."""
-    try:
-        saved = os.dup(2)
-    except OSError:
-        yield
-        return
-    with open(os.devnull, "wb") as null:
-        os.dup2(null.fileno(), 2)
+    with _STDERR_LOCK:
         try:
+            saved = os.dup(2)
+        except OSError:
             yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+            return
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
 
 
 def _soundfile_blocks(f: sf.SoundFile, block_s: float) -> Iterator[tuple[np.ndarray, int]]:
@@ -97,19 +102,25 @@ def _soundfile_blocks(f: sf.SoundFile, block_s: float) -> Iterator[tuple[np.ndar
             yield data, f.samplerate
 
 
-def _ffmpeg_blocks(path: Path, sr: int, block: int) -> Iterator[tuple[np.ndarray, int]]:
+def _ffmpeg_blocks(
+    path: Path, sr: int, block_s: float, sf_reason: str
+) -> Iterator[tuple[np.ndarray, int]]:
     cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path)]
     cmd += ["-f", "f32le", "-ac", "1", "-ar", str(sr), "-"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        n_bytes = 4 * int(block * sr)
+        n_bytes = 4 * int(block_s * sr)
         while chunk := proc.stdout.read(n_bytes):
             chunk = chunk[: len(chunk) // 4 * 4]
             yield np.frombuffer(chunk, dtype="<f4")[:, None], sr
         err = proc.stderr.read().decode(errors="replace").strip()
         if proc.wait() != 0:
+            last = err.splitlines()[-1] if err else f"exit status {proc.returncode}"
+            last = last.replace(f"{path}: ", "").replace(
+                str(path), "<file>"
+            )  # the path is ours to show
             raise AudioError(
-                path, f"ffmpeg could not decode it: {err.splitlines()[-1] if err else '?'}"
+                path, f"not a readable audio file (soundfile: {sf_reason}; ffmpeg: {last})"
             )
     finally:
         proc.kill()
@@ -135,7 +146,7 @@ def stream(
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
         if shutil.which("ffmpeg") is None:
             raise AudioError(path, f"not a readable audio file ({_sf_reason(e)})") from None
-        blocks = _ffmpeg_blocks(path, sr, block_s)
+        blocks = _ffmpeg_blocks(path, sr, block_s, _sf_reason(e))
 
     resampler, n_out = None, 0
     try:
@@ -169,7 +180,8 @@ def load(path: str | os.PathLike, *, sr: int) -> np.ndarray:
 def duration(path: str | os.PathLike) -> float | None:
     """Duration in seconds from the header, or None when the header does not say."""
     try:
-        info = sf.info(str(path))
+        with _quiet_stderr():
+            info = sf.info(str(path))
         return info.frames / info.samplerate if info.samplerate > 0 else None
     except Exception:
         return None

@@ -154,6 +154,23 @@ def cmd_demo(args) -> int:
     return 0 if m["accuracy"] > 0 else 1
 
 
+def cmd_serve(args) -> int:
+    from .inference import load_model
+    from .serve import ServeConfig, serve
+
+    clf = load_model(args.model, device=args.device)
+    cfg = ServeConfig(
+        **{
+            f.name: getattr(args, f.name)
+            for f in dataclasses.fields(ServeConfig)
+            if hasattr(args, f.name)
+        }
+    )
+    print(f"serving {args.model} on http://{cfg.host}:{cfg.port}/ (Ctrl-C to stop)", flush=True)
+    serve(clf, cfg, name=args.model.parent.name or args.model.stem)
+    return 0
+
+
 def cmd_info(args) -> int:
     from .checkpoint import safe_load
 
@@ -165,6 +182,7 @@ def cmd_info(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .serve import ServeConfig
     from .train import TrainConfig
 
     parser = argparse.ArgumentParser(
@@ -216,6 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("serve", help="HTTP service with a page: POST /predict, GET /health, GET /")
+    p.add_argument("model", type=Path)
+    p.add_argument("--device", default="auto")
+    _add_config_flags(p, ServeConfig)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("info", help="labels, settings and metrics stored in a model file")
     p.add_argument("model", type=Path)

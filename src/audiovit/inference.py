@@ -41,6 +41,27 @@ class Prediction:
     probs: np.ndarray  # (W, C) per-window class probabilities
     duration_s: float
     path: str | None = None
+    overview: np.ndarray | None = None  # (F, ≤ n) log-mel averaged over time, if asked for
+
+    def timeline(self) -> list[Window]:
+        """Runs of consecutive windows with the same label, merged into contiguous segments.
+
+        Each window is taken to cover from its start to the next window's start (the last one to
+        its end), so segments neither overlap nor leave gaps; a segment's score is the mean of
+        its windows' scores.
+        """
+        merged: list[Window] = []
+        counts: list[int] = []
+        for i, w in enumerate(self.segments):
+            end = self.segments[i + 1].start_s if i + 1 < len(self.segments) else w.end_s
+            if merged and merged[-1].label == w.label:
+                m, n = merged[-1], counts[-1]
+                merged[-1] = Window(m.start_s, end, m.label, (m.score * n + w.score) / (n + 1))
+                counts[-1] += 1
+            else:
+                merged.append(Window(w.start_s, end, w.label, w.score))
+                counts.append(1)
+        return merged
 
     def to_dict(self, timeline: bool = False) -> dict:
         d = {
@@ -179,11 +200,13 @@ class Classifier:
         sr: int | None = None,
         top_k: int = 5,
         hop_s: float | None = None,
+        overview: int = 0,
     ) -> Prediction:
         """Classify a file (any length, any format audio.py reads) or a waveform.
 
-        A waveform is (S,) or (S, C) samples and needs ``sr``. Raises audio.AudioError for a
-        file that cannot be decoded.
+        A waveform is (S,) or (S, C) samples and needs ``sr``. With ``overview`` > 0 the result
+        also holds the log-mel averaged down to at most that many columns, for display.
+        Raises audio.AudioError for a file that cannot be decoded.
         """
         cfg = self.feature_cfg
         if isinstance(source, (str, os.PathLike)):
@@ -204,10 +227,27 @@ class Classifier:
                 n_samples += len(b)
                 yield b
 
+        pooled: list[torch.Tensor] = []  # 10-frame means, for the overview
+
+        def keep_overview(chunks):
+            rest = None
+            for c in chunks:
+                if overview:
+                    c_all = c if rest is None else torch.cat([rest, c], dim=1)
+                    n = c_all.shape[1] // 10 * 10
+                    pooled.append(c_all[:, :n].reshape(c.shape[0], -1, 10).mean(dim=2))
+                    rest = c_all[:, n:]
+                yield c
+            if overview and rest is not None and rest.shape[1]:
+                pooled.append(rest.mean(dim=1, keepdim=True))
+
         with torch.inference_mode():
-            chunks = stream_log_mel(counted(blocks), self.logmel)
+            chunks = keep_overview(stream_log_mel(counted(blocks), self.logmel))
             starts, probs = self._score(chunks, self.hop_frames(hop_s))
-        return self._prediction(starts, probs, n_samples / cfg.sr, top_k, path)
+        pred = self._prediction(starts, probs, n_samples / cfg.sr, top_k, path)
+        if overview and pooled:
+            pred.overview = _shrink(torch.cat(pooled, dim=1), overview).cpu().numpy()
+        return pred
 
     def predict_features(self, feats: torch.Tensor, hop_s: float | None = None) -> torch.Tensor:
         """A whole clip's log-mel (F, T) → its class probabilities (C,), the mean over windows."""
@@ -235,6 +275,11 @@ class Classifier:
             duration_s=duration_s,
             path=path,
         )
+
+
+def _shrink(x: torch.Tensor, n: int) -> torch.Tensor:
+    """(F, T) → (F, ≤ n) by averaging neighbouring columns."""
+    return torch.nn.functional.adaptive_avg_pool1d(x[None], min(n, x.shape[1]))[0]
 
 
 def load_model(path: str | os.PathLike, device: str = "auto", **kw) -> Classifier:
