@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -51,3 +54,39 @@ def trained(tmp_path_factory, synth_root) -> Path:
 def sine(seconds: float, sr: int = 16000, hz: float = 440.0) -> np.ndarray:
     t = np.arange(int(seconds * sr)) / sr
     return (0.3 * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server(trained):
+    """A real uvicorn server on 127.0.0.1 serving the ``trained`` model; yields (url, classifier)."""
+    import httpx
+    import uvicorn
+
+    import audiovit
+    from audiovit.serve import ServeConfig, create_app
+
+    clf = audiovit.load_model(trained / "model.pt", device="cpu")
+    cfg = ServeConfig(port=_free_port(), max_upload_mb=1.0, max_duration_s=20.0)
+    srv = uvicorn.Server(
+        uvicorn.Config(
+            create_app(clf, cfg, "test-model"), host=cfg.host, port=cfg.port, log_level="error"
+        )
+    )
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{cfg.port}"
+    for _ in range(200):
+        try:
+            httpx.get(url + "/health", timeout=1)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    yield url, clf
+    srv.should_exit = True
+    thread.join(timeout=10)

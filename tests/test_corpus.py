@@ -208,3 +208,20 @@ def test_one_hour_file(tmp_path, trained):
     clf = audiovit.load_model(trained / "model.pt", device="cpu")
     p = clf.predict(next(c for c in cases if c.name == "one-hour.flac").path, hop_s=10)
     assert abs(p.duration_s - 3600) < 1 and np.isfinite(p.probs).all()
+
+
+def test_service(corpus, server):
+    import httpx
+
+    url, clf = server
+    for case in corpus:
+        if case.path.is_dir() or not case.path.exists():
+            continue  # nothing to upload
+        r = httpx.post(
+            url + "/predict", files={"file": (case.name, case.path.read_bytes())}, timeout=60
+        )
+        if case.valid:
+            assert r.status_code == 200 and r.json()["label"] in clf.labels, (case.name, r.text)
+        else:
+            assert 400 <= r.status_code < 500 and r.json()["error"], (case.name, r.status_code)
+            assert str(case.path.parent) not in r.text

@@ -6,9 +6,7 @@ from __future__ import annotations
 import io
 import random
 import shutil
-import socket
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,39 +15,6 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
-import uvicorn
-
-import audiovit
-from audiovit.serve import ServeConfig, create_app
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(trained):
-    clf = audiovit.load_model(trained / "model.pt", device="cpu")
-    cfg = ServeConfig(port=_free_port(), max_upload_mb=1.0, max_duration_s=20.0)
-    srv = uvicorn.Server(
-        uvicorn.Config(
-            create_app(clf, cfg, "test-model"), host=cfg.host, port=cfg.port, log_level="error"
-        )
-    )
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{cfg.port}"
-    for _ in range(200):
-        try:
-            httpx.get(url + "/health", timeout=1)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    yield url, clf
-    srv.should_exit = True
-    thread.join(timeout=10)
 
 
 def _wav_bytes(x: np.ndarray, sr: int = 16000, fmt: str = "WAV") -> bytes:
