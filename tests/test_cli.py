@@ -1,10 +1,13 @@
 """The command line end to end, as a user runs it (subprocesses, real files)."""
 
+import csv
 import json
 import os
 import subprocess
 import sys
 
+import numpy as np
+import pytest
 import soundfile as sf
 
 from conftest import FAST, sine
@@ -96,7 +99,8 @@ def test_predict_plain_text_and_timeline(trained, tmp_path):
     sf.write(tmp_path / "x.wav", sine(3.0), 16000)
     r = run("predict", trained / "model.pt", tmp_path / "x.wav", "--timeline", "--hop", 0.5)
     assert r.stdout.splitlines()[0].startswith(str(tmp_path / "x.wav"))
-    assert len(r.stdout.splitlines()) > 3
+    segments = r.stdout.splitlines()[1:]  # one steady tone: one merged segment over the file
+    assert len(segments) == 1 and segments[0].split()[:3] == ["0.00-", "3.00", "s"]
 
 
 def test_corrupt_inputs_give_one_line_not_a_traceback(trained, tmp_path):
@@ -113,3 +117,61 @@ def test_corrupt_inputs_give_one_line_not_a_traceback(trained, tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "model.pt" in r.stderr
     r = run("train", tmp_path / "nowhere", "--out", tmp_path / "r", check=False)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "nowhere" in r.stderr
+
+
+def test_timeline_outputs_plot_and_explanation(trained, tmp_path):
+    x = np.concatenate([sine(3.0, hz=300), np.zeros(16000, np.float32), sine(2.0, hz=2000)])
+    sf.write(tmp_path / "mix.wav", x, 16000)
+    model = trained / "model.pt"
+    run(
+        "predict",
+        model,
+        tmp_path / "mix.wav",
+        "--timeline-out",
+        tmp_path / "t.csv",
+        "--plot",
+        tmp_path / "t.png",
+        "--hop",
+        0.25,
+    )
+    rows = list(csv.DictReader(open(tmp_path / "t.csv")))
+    labels = json.loads(run("info", model).stdout)["labels"]
+    assert len(rows) >= 20 and set(rows[0]) == {"start_s", "end_s", "label", "score", *labels}
+    assert float(rows[-1]["end_s"]) == pytest.approx(6.0, abs=0.01)
+    run("predict", model, tmp_path / "mix.wav", "--timeline-out", tmp_path / "t.json")
+    doc = json.loads((tmp_path / "t.json").read_text())
+    segs = doc["segments"]
+    assert segs[0]["start_s"] == 0 and segs[-1]["end_s"] == pytest.approx(6.0, abs=0.01)
+    assert all(
+        a["end_s"] == pytest.approx(b["start_s"]) and a["label"] != b["label"]
+        for a, b in zip(segs, segs[1:])
+    )
+    assert len(doc["windows"]) >= len(segs) and set(doc["windows"][0]["probs"]) == set(labels)
+    r = run("explain", model, tmp_path / "mix.wav", "--out", tmp_path / "e.png")
+    assert r.stdout.split("\t")[1] in labels
+    for png in ("t.png", "e.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (
+            tmp_path / png
+        ).stat().st_size > 10_000
+    r = run(
+        "predict",
+        model,
+        tmp_path / "mix.wav",
+        tmp_path / "mix.wav",
+        "--plot",
+        tmp_path / "x.png",
+        check=False,
+    )
+    assert r.returncode == 2 and "exactly one" in r.stderr
+
+
+def test_run_report_is_self_contained(trained):
+    page = (trained / "report.html").read_text()
+    labels = json.loads((trained / "metrics.json").read_text())["labels"]
+    assert page.startswith("<!doctype html>") and page.count("data:image/png;base64,") == 3
+    assert all(lb in page for lb in labels)
+    for section in ("Data", "Metrics", "Most confused pairs", "Plots", "Settings"):
+        assert f"<h2>{section}</h2>" in page
+    assert "http://" not in page and "https://" not in page  # opens offline
+    preds = list(csv.DictReader(open(trained / "predictions.csv")))
+    assert len(preds) == json.loads((trained / "metrics.json").read_text())["n"]

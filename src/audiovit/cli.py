@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import json
 import sys
 from pathlib import Path
 
 from . import __version__
+from .progress import Progress
 
 TRAIN_HELP = {
     "preset": "model size: tiny, small or base",
@@ -121,14 +123,20 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    from . import plots
     from .audio import AudioError
     from .inference import find_audio_files, load_model
 
     clf = load_model(args.model, device=args.device)
+    paths = find_audio_files(args.paths)
+    if (args.plot or args.timeline_out) and len(paths) != 1:
+        raise ValueError("--plot and --timeline-out take exactly one input file")
     failed = 0
-    for path in find_audio_files(args.paths):
+    for path in Progress(paths, "predicting") if len(paths) > 1 else paths:
         try:
-            p = clf.predict(path, top_k=args.top_k, hop_s=args.hop)
+            p = clf.predict(
+                path, top_k=args.top_k, hop_s=args.hop, overview=2000 if args.plot else 0
+            )
         except AudioError as e:
             failed += 1
             if args.json:
@@ -142,9 +150,45 @@ def cmd_predict(args) -> int:
             top = "  ".join(f"{lb} {s:.3f}" for lb, s in p.top_k)
             print(f"{path}\t{p.label}\t{p.score:.3f}\t({p.duration_s:.1f} s; {top})", flush=True)
             if args.timeline:
-                for w in p.segments:
+                for w in p.timeline():
                     print(f"  {w.start_s:8.2f}-{w.end_s:8.2f} s  {w.label}  {w.score:.3f}")
+        if args.timeline_out:
+            write_timeline(p, args.timeline_out)
+        if args.plot:
+            plots.timeline(p, args.plot)
     return 1 if failed else 0
+
+
+def write_timeline(p, out: Path) -> None:
+    """Per-window labels and probabilities as CSV (one row per window) or JSON (windows and
+    merged segments)."""
+    if out.suffix.lower() == ".json":
+        windows = [
+            {**w.__dict__, "probs": dict(zip(p.labels, map(float, pr)))}
+            for w, pr in zip(p.segments, p.probs)
+        ]
+        segments = [w.__dict__ for w in p.timeline()]
+        doc = {**p.to_dict(), "segments": segments, "windows": windows}
+        out.write_text(json.dumps(doc, indent=1, ensure_ascii=False))
+        return
+    with open(out, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["start_s", "end_s", "label", "score", *p.labels])
+        for seg, pr in zip(p.segments, p.probs):
+            row = [f"{seg.start_s:.3f}", f"{seg.end_s:.3f}", seg.label, f"{seg.score:.4f}"]
+            w.writerow(row + [f"{v:.4f}" for v in pr])
+
+
+def cmd_explain(args) -> int:
+    from . import plots
+    from .explain import saliency
+    from .inference import load_model
+
+    clf = load_model(args.model, device=args.device)
+    pred, db, sal, seconds = saliency(clf, args.file, max_seconds=args.max_seconds)
+    plots.explanation(db, sal, pred, seconds, args.out)
+    print(f"{args.file}\t{pred.label}\t{pred.score:.3f}\twrote {args.out}")
+    return 0
 
 
 def cmd_demo(args) -> int:
@@ -226,8 +270,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--hop", type=float, help="seconds between scored windows (default: half a window)"
     )
+    p.add_argument("--timeline-out", type=Path, metavar="FILE", help="timeline as .csv or .json")
+    p.add_argument(
+        "--plot", type=Path, metavar="PNG", help="probabilities over time on the log-mel"
+    )
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("explain", help="draw which time-frequency regions drove a prediction")
+    p.add_argument("model", type=Path)
+    p.add_argument("file", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="PNG to write")
+    p.add_argument("--max-seconds", type=float, default=120.0, help="explain this much of the file")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("demo", help="synthesise data, train, evaluate and predict (no data needed)")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +42,7 @@ class Prediction:
     duration_s: float
     path: str | None = None
     overview: np.ndarray | None = None  # (F, ≤ n) log-mel averaged over time, if asked for
+    labels: list[str] = field(default_factory=list)  # the columns of probs
 
     def timeline(self) -> list[Window]:
         """Runs of consecutive windows with the same label, merged into contiguous segments.
@@ -274,6 +275,7 @@ class Classifier:
             probs=probs.numpy(),
             duration_s=duration_s,
             path=path,
+            labels=self.labels,
         )
 
 

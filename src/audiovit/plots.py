@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import matplotlib
 
@@ -65,5 +66,69 @@ def per_class_f1(m: dict, path: str | os.PathLike) -> None:
     ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right")
     ax.set(ylim=(0, 1), ylabel="F1", title=f"Per-class F1 (macro {m['macro_f1']:.3f})")
     ax.grid(axis="y", alpha=0.3)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def timeline(pred, path: str | os.PathLike, n_classes: int = 6) -> None:
+    """Class probabilities over time above the log-mel; ``pred`` needs an ``overview``."""
+    probs, labels = pred.probs, [lb for lb, _ in pred.top_k]
+    centres = np.array([(w.start_s + w.end_s) / 2 for w in pred.segments])
+    order = np.argsort(-probs.mean(axis=0))[:n_classes]
+    all_labels = pred.labels
+    fig, (a1, a2) = plt.subplots(
+        2, 1, figsize=(12, 6), sharex=True, height_ratios=[1, 1.3], constrained_layout=True
+    )
+    colours = plt.get_cmap("tab10")
+    for i, c in enumerate(order):
+        a1.plot(
+            centres,
+            probs[:, c],
+            color=colours(i),
+            label=all_labels[c],
+            marker="." if len(centres) < 60 else None,
+        )
+    for seg in pred.timeline():
+        i = (
+            list(order).index(all_labels.index(seg.label))
+            if all_labels.index(seg.label) in order
+            else None
+        )
+        if i is not None:
+            a1.axvspan(seg.start_s, seg.end_s, color=colours(i), alpha=0.08)
+    a1.set(
+        ylim=(0, 1.02),
+        ylabel="probability",
+        title=f"{Path(pred.path or 'waveform').name}: {labels[0]} ({pred.score:.2f})",
+    )
+    a1.legend(loc="upper right", fontsize=8, ncol=min(3, len(order)))
+    a1.grid(alpha=0.3)
+    if pred.overview is not None:
+        a2.imshow(pred.overview, origin="lower", aspect="auto", cmap="magma",
+                  extent=(0, pred.duration_s, 0, pred.overview.shape[0]))  # fmt: skip
+    a2.set(xlabel="time (s)", ylabel="mel band", xlim=(0, pred.duration_s))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def explanation(
+    db: np.ndarray, saliency: np.ndarray, pred, seconds: float, path: str | os.PathLike
+) -> None:
+    """The log-mel with the saliency of the predicted class laid over it."""
+    fig, ax = plt.subplots(figsize=(12, 4.5), constrained_layout=True)
+    extent = (0, seconds, 0, db.shape[0])
+    ax.imshow(db, origin="lower", aspect="auto", cmap="gray", extent=extent)
+    s = saliency / (saliency.max() + 1e-12)
+    ax.imshow(
+        np.ma.masked_less(s, 0.15),
+        origin="lower",
+        aspect="auto",
+        cmap="inferno",
+        alpha=0.6,
+        extent=extent,
+    )
+    top = ", ".join(f"{lb} {sc:.2f}" for lb, sc in pred.top_k)
+    ax.set(xlabel="time (s)", ylabel="mel band",
+           title=f"{pred.label}: gradient saliency |∂logit/∂log-mel| (top-k: {top})")  # fmt: skip
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -7,6 +7,7 @@ exactly what the uninterrupted run would have done (on CPU, same thread count).
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import signal
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint, data, evaluate, plots
+from . import checkpoint, data, evaluate, plots, report
 from .audio import AudioError
 from .features import FeatureCache, FeatureConfig, LogMel, default_cache_dir, spec_augment
 from .inference import SILENCE_DB, Classifier
@@ -234,14 +235,14 @@ class Batches:
             yield random_crops(self.prep.feats, idx, self.n_frames, self.g), targets[idx]
 
 
-def validate(clf: Classifier, prep: Prepared, labels, hop_s) -> tuple[dict, float]:
-    """Whole-clip metrics and mean clip-level cross-entropy."""
+def validate(clf: Classifier, prep: Prepared, labels, hop_s) -> tuple[dict, float, np.ndarray]:
+    """Whole-clip metrics, mean clip-level cross-entropy and probabilities (N, C)."""
     clf.model.eval()
     m, probs = evaluate.score_clips(
         lambda f: clf.predict_features(f, hop_s), prep.feats, prep.targets, labels
     )
     p = probs[np.arange(len(prep.targets)), prep.targets] if len(probs) else np.ones(1)
-    return m, float(-np.log(np.clip(p, 1e-7, 1)).mean())
+    return m, float(-np.log(np.clip(p, 1e-7, 1)).mean()), probs
 
 
 def train(
@@ -302,7 +303,7 @@ def train(
                 model, opt, batches, cfg, device, amp, state["step"], *schedule, g
             )
             train_s = time.perf_counter() - t0
-            vm, vloss = validate(clf, prep["valid"], labels, cfg.eval_hop_s)
+            vm, vloss, _ = validate(clf, prep["valid"], labels, cfg.eval_hop_s)
             rec = {"epoch": epoch, "train_loss": loss, "train_acc": acc, "valid_loss": vloss,
                    "valid_acc": vm["accuracy"], "lr": opt.param_groups[0]["lr"],
                    "epoch_s": round(time.perf_counter() - t0, 2),
@@ -384,11 +385,12 @@ def _restore(out: Path, cfg: TrainConfig, labels: list[str], model: ViT, opt, lo
 
 
 def finish_run(out: Path, fcfg, prep, labels, log_records, cfg: TrainConfig, device, log) -> dict:
-    """Score the best model on test (else valid); write metrics.json and the plots."""
+    """Score the best model on test (else valid); write metrics.json, predictions.csv, the
+    plots and report.html."""
     model, _, _, saved_meta = checkpoint.load_model(out / "model.pt", device)
     clf = Classifier(model, fcfg, labels, device=device)
     split = "test" if prep["test"].feats else "valid"
-    m, _ = validate(clf, prep[split], labels, cfg.eval_hop_s)
+    m, _, probs = validate(clf, prep[split], labels, cfg.eval_hop_s)
     m = {**m, "split": split, "best_epoch": saved_meta.get("epoch")}
     (out / "metrics.json").write_text(json.dumps(m, indent=2))
     checkpoint.save_model(
@@ -398,8 +400,18 @@ def finish_run(out: Path, fcfg, prep, labels, log_records, cfg: TrainConfig, dev
     plots.per_class_f1(m, out / "per_class_f1.png")
     if log_records:
         plots.training_curves(log_records, out / "curves.png")
+    _write_predictions(out / "predictions.csv", prep[split].items, probs, labels)
+    report.write_report(out)
     log(f"\n{split} set, best epoch {m['best_epoch']}:\n{evaluate.format_table(m)}")
     return m
+
+
+def _write_predictions(path: Path, items: list[data.Item], probs: np.ndarray, labels) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "predicted", "score"])
+        for it, p in zip(items, probs):
+            w.writerow([it.path, it.label, labels[int(p.argmax())], f"{p.max():.4f}"])
 
 
 def _headline(m: dict) -> dict:
