@@ -127,7 +127,12 @@ def cmd_predict(args) -> int:
     from .audio import AudioError
     from .inference import find_audio_files, load_model
 
-    clf = load_model(args.model, device=args.device)
+    if args.backend == "onnx":
+        from .export import load_onnx
+
+        clf = load_onnx(args.model)
+    else:
+        clf = load_model(args.model, device=args.device)
     paths = find_audio_files(args.paths)
     if (args.plot or args.timeline_out) and len(paths) != 1:
         raise ValueError("--plot and --timeline-out take exactly one input file")
@@ -177,6 +182,14 @@ def write_timeline(p, out: Path) -> None:
         for seg, pr in zip(p.segments, p.probs):
             row = [f"{seg.start_s:.3f}", f"{seg.end_s:.3f}", seg.label, f"{seg.score:.4f}"]
             w.writerow(row + [f"{v:.4f}" for v in pr])
+
+
+def cmd_export(args) -> int:
+    from .export import export_onnx
+
+    out = export_onnx(args.model, args.out, opset=args.opset)
+    print(f"wrote {out} and {out.with_suffix('.json')}")
+    return 0
 
 
 def cmd_explain(args) -> int:
@@ -274,8 +287,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--plot", type=Path, metavar="PNG", help="probabilities over time on the log-mel"
     )
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
+                   help="onnx: MODEL is an .onnx file from `audiovit export`")  # fmt: skip
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser(
+        "export", help="export a model to ONNX (log-mel → logits) with a .json beside it"
+    )
+    p.add_argument("model", type=Path)
+    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument("--out", type=Path, required=True, help=".onnx file to write")
+    p.add_argument("--opset", type=int, default=17)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("explain", help="draw which time-frequency regions drove a prediction")
     p.add_argument("model", type=Path)

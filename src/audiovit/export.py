@@ -1,0 +1,76 @@
+"""ONNX export of a model file (log-mel → logits) and an onnxruntime backend for prediction.
+
+The graph takes log-mel windows in dB, (B, F, T) float32, and returns logits (B, C); the
+per-example standardisation is inside it. The feature settings and labels are written beside it
+as ``<name>.json``, so the exported pair is as self-describing as the model file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import checkpoint
+from .features import FeatureConfig
+from .inference import Classifier
+
+FORMAT = "audiovit-onnx/1"
+
+
+def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike, *, opset: int = 17) -> Path:
+    """Write ``out`` (.onnx) and ``out`` with .json (labels, feature and model settings)."""
+    out = Path(out)
+    model, fcfg, labels, meta = checkpoint.load_model(model_path, "cpu")
+    example = torch.randn(2, model.cfg.n_mels, model.cfg.n_frames) * 20 - 50
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():  # shape checks become constants: the window length is fixed
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(
+            model, (example,), str(out), input_names=["log_mel"], output_names=["logits"],
+            dynamic_axes={"log_mel": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset,
+            dynamo=False,
+        )  # fmt: skip
+    sidecar = {"format": FORMAT, "labels": labels, "feature_config": fcfg.to_dict(),
+               "model_config": model.cfg.to_dict(), "metrics": meta.get("metrics")}  # fmt: skip
+    out.with_suffix(".json").write_text(json.dumps(sidecar, indent=2, ensure_ascii=False))
+    return out
+
+
+class OnnxModel:
+    """Callable like the ViT on (B, F, T) tensors, but run by onnxruntime."""
+
+    def __init__(self, path: str | os.PathLike, model_config: dict):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = torch.get_num_threads()
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.cfg = type("Cfg", (), model_config)  # n_frames, n_mels, ... as attributes
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        (logits,) = self.session.run(None, {"log_mel": x.detach().cpu().numpy().astype(np.float32)})
+        return torch.from_numpy(logits)
+
+    def to(self, device):  # the Classifier's interface; onnxruntime runs on the CPU here
+        return self
+
+    def eval(self):
+        return self
+
+
+def load_onnx(path: str | os.PathLike) -> Classifier:
+    """A :class:`Classifier` whose windows are scored by onnxruntime."""
+    path = Path(path)
+    side = path.with_suffix(".json")
+    if not path.is_file() or not side.is_file():
+        raise checkpoint.CheckpointError(f"{path}: needs the .onnx file and its .json beside it")
+    info = json.loads(side.read_text())
+    if info.get("format") != FORMAT:
+        raise checkpoint.CheckpointError(f"{side}: not an audiovit ONNX sidecar")
+    model = OnnxModel(path, info["model_config"])
+    return Classifier(model, FeatureConfig(**info["feature_config"]), info["labels"], device="cpu")

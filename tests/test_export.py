@@ -1,0 +1,39 @@
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+
+from test_cli import run  # noqa: E402
+
+import audiovit  # noqa: E402
+from audiovit.export import export_onnx, load_onnx  # noqa: E402
+
+
+def test_onnx_logits_match_eager_pytorch(trained, tmp_path):
+    out = export_onnx(trained / "model.pt", tmp_path / "model.onnx")
+    eager = audiovit.load_model(trained / "model.pt", device="cpu")
+    onnx = load_onnx(out)
+    assert onnx.labels == eager.labels and onnx.feature_cfg == eager.feature_cfg
+    x = torch.randn(7, eager.feature_cfg.n_mels, eager.win) * 15 - 40
+    x[3] = -100.0  # silence
+    with torch.inference_mode():
+        expected = eager.model(x)
+    got = onnx.model(x)
+    assert (got - expected).abs().max().item() <= 1e-4
+
+
+def test_predict_with_the_onnx_backend(trained, synth_root, tmp_path):
+    run("export", trained / "model.pt", "--format", "onnx", "--out", tmp_path / "m.onnx")
+    path = sorted((synth_root / "tone").glob("*.wav"))[0]
+    expected = audiovit.load_model(trained / "model.pt", device="cpu").predict(path)
+    r = run("predict", tmp_path / "m.onnx", path, "--backend", "onnx", "--json")
+    import json
+
+    got = json.loads(r.stdout)
+    assert got["label"] == expected.label and got["score"] == pytest.approx(
+        expected.score, abs=1e-4
+    )
+    np.testing.assert_allclose(
+        load_onnx(tmp_path / "m.onnx").predict(path).probs, expected.probs, atol=1e-5
+    )
