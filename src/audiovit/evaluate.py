@@ -7,6 +7,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from .audio import AudioError
+
 
 def metrics(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str]) -> dict:
     """Accuracy, balanced accuracy, macro-F1, per-class precision/recall/F1/support and the
@@ -91,8 +93,6 @@ def evaluate_items(clf, items, cache, hop_s: float | None = None) -> tuple[dict,
     Files that cannot be decoded, and files of classes the model does not know, are skipped.
     Returns (metrics, skipped-file lines, [(item, probabilities (C,))]).
     """
-    from .audio import AudioError
-
     index = {lb: i for i, lb in enumerate(clf.labels)}
     skipped, kept, feats = [], [], []
     unknown = sorted({it.label for it in items} - set(index))
