@@ -126,7 +126,8 @@ def _predict_bytes(
                 path, top_k=top_k or cfg.top_k, hop_s=hop, overview=SPECTROGRAM_COLUMNS
             )
         except audio.AudioError as e:
-            raise _Reject(415, f"not usable audio: {e.reason}") from None
+            reason = e.reason.replace(str(path), filename).replace(tmp, "")  # no server paths
+            raise _Reject(415, f"not usable audio: {reason}") from None
         except ValueError as e:
             raise _Reject(422, str(e)) from None
     out = pred.to_dict(timeline=True)
