@@ -199,3 +199,15 @@ def test_page_in_a_real_browser(server, synth_root, tmp_path):
         assert "x.txt" in browser.find_element(By.ID, "error").text
     finally:
         browser.quit()
+
+
+def test_duration_limit_holds_without_a_header_duration(server, monkeypatch):
+    """A stream whose header gives no length (as with some containers) is cut off while decoding."""
+    from audiovit import audio
+
+    url, _ = server
+    monkeypatch.setattr(audio, "duration", lambda path: None)
+    r = httpx.post(
+        url + "/predict", content=_wav_bytes(np.zeros(8000 * 30, np.float32), 8000, "FLAC")
+    )
+    assert r.status_code == 413 and "20 s limit" in r.json()["error"]

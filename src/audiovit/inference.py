@@ -24,6 +24,10 @@ from .model import ViT, autocast_dtype, resolve_device
 SILENCE_DB = 10.0 * math.log10(AMIN)  # what zero padding looks like in the log-mel
 
 
+class TooLong(ValueError):
+    """Audio past a caller's duration limit."""
+
+
 @dataclass
 class Window:
     start_s: float
@@ -202,11 +206,13 @@ class Classifier:
         top_k: int = 5,
         hop_s: float | None = None,
         overview: int = 0,
+        max_seconds: float | None = None,
     ) -> Prediction:
         """Classify a file (any length, any format audio.py reads) or a waveform.
 
         A waveform is (S,) or (S, C) samples and needs ``sr``. With ``overview`` > 0 the result
-        also holds the log-mel averaged down to at most that many columns, for display.
+        also holds the log-mel averaged down to at most that many columns, for display. Audio
+        longer than ``max_seconds`` raises TooLong as soon as the excess is decoded.
         Raises audio.AudioError for a file that cannot be decoded.
         """
         cfg = self.feature_cfg
@@ -226,6 +232,8 @@ class Classifier:
             nonlocal n_samples
             for b in bs:
                 n_samples += len(b)
+                if max_seconds is not None and n_samples > max_seconds * cfg.sr:
+                    raise TooLong(f"audio longer than the {max_seconds:g} s limit")
                 yield b
 
         pooled: list[torch.Tensor] = []  # 10-frame means, for the overview

@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from . import __version__, audio
-from .inference import Classifier
+from .inference import Classifier, TooLong
 
 SPECTROGRAM_COLUMNS = 400  # the page's spectrogram is averaged down to at most this many frames
 
@@ -123,11 +123,14 @@ def _predict_bytes(
             )
         try:
             pred = clf.predict(
-                path, top_k=top_k or cfg.top_k, hop_s=hop, overview=SPECTROGRAM_COLUMNS
-            )
+                path, top_k=top_k or cfg.top_k, hop_s=hop, overview=SPECTROGRAM_COLUMNS,
+                max_seconds=cfg.max_duration_s,
+            )  # fmt: skip
         except audio.AudioError as e:
             reason = e.reason.replace(str(path), filename).replace(tmp, "")  # no server paths
             raise _Reject(415, f"not usable audio: {reason}") from None
+        except TooLong as e:  # headers that don't give a duration end up here
+            raise _Reject(413, str(e)) from None
         except ValueError as e:
             raise _Reject(422, str(e)) from None
     out = pred.to_dict(timeline=True)
