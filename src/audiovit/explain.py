@@ -53,5 +53,5 @@ def saliency(
         count[s : s + clf.win] += 1
     sal = (total / count.clamp(min=1))[:, :T]
     sal = F.avg_pool2d(sal[None, None], 3, stride=1, padding=1, count_include_pad=False)[0, 0]
-    pred = clf._prediction(starts, probs, T * cfg.hop_length / cfg.sr, top_k, str(path))
+    pred = clf.make_prediction(starts, probs, T * cfg.hop_length / cfg.sr, top_k, str(path))
     return pred, feats.numpy(), sal.numpy(), cfg.seconds(T)

@@ -253,7 +253,7 @@ class Classifier:
         with torch.inference_mode():
             chunks = keep_overview(stream_log_mel(counted(blocks), self.logmel))
             starts, probs = self._score(chunks, self.hop_frames(hop_s))
-        pred = self._prediction(starts, probs, n_samples / cfg.sr, top_k, path)
+        pred = self.make_prediction(starts, probs, n_samples / cfg.sr, top_k, path)
         if overview and pooled:
             pred.overview = _shrink(torch.cat(pooled, dim=1), overview).cpu().numpy()
         return pred
@@ -263,9 +263,10 @@ class Classifier:
         windows, _ = frame_windows(feats, self.win, self.hop_frames(hop_s))
         return self.window_probs(windows).mean(dim=0)
 
-    def _prediction(
+    def make_prediction(
         self, starts, probs: torch.Tensor, duration_s: float, top_k: int, path
     ) -> Prediction:
+        """Window start frames and probabilities (W, C) → a Prediction (clip = mean of windows)."""
         clip = probs.mean(dim=0)
         k = max(1, min(top_k, len(self.labels)))
         scores, idx = clip.topk(k)

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+PATCH = 16  # patch side in mel bins and frames, as in ViT/DeiT's 16×16
+
 PRESETS = {  # (width, n_layers, n_heads), as in DeiT
     "tiny": (192, 12, 3),
     "small": (384, 12, 6),
@@ -27,7 +29,7 @@ class ModelConfig:
     n_classes: int
     n_mels: int = 128  # input frequency bins (F)
     n_frames: int = 301  # input frames (T) the position embedding is laid out for
-    patch_size: int = 16  # square patches, in bins × frames
+    patch_size: int = PATCH  # square patches, in bins × frames
     patch_stride: int = 16  # < patch_size gives overlapping patches (AST uses 10)
     width: int = 192  # token dimension (D)
     n_layers: int = 12

@@ -24,7 +24,7 @@ from . import checkpoint, data, evaluate, plots, report
 from .audio import AudioError
 from .features import FeatureCache, FeatureConfig, LogMel, default_cache_dir, spec_augment
 from .inference import SILENCE_DB, Classifier
-from .model import ModelConfig, ViT, autocast_dtype, load_timm_weights, resolve_device
+from .model import PATCH, ModelConfig, ViT, autocast_dtype, load_timm_weights, resolve_device
 from .progress import Progress
 
 MAX_BAD_STEPS = 10  # consecutive non-finite losses before the run is stopped
@@ -123,8 +123,8 @@ def crop_frames(cfg: TrainConfig, fcfg: FeatureConfig, train: Prepared) -> int:
             cfg.max_crop_s,
             float(np.median([f.shape[1] for f in train.feats])) / fcfg.sr * fcfg.hop_length,
         )
-    n = max(16, fcfg.n_frames(seconds))
-    return 16 + math.ceil((n - 16) / cfg.patch_stride) * cfg.patch_stride
+    n = max(PATCH, fcfg.n_frames(seconds))
+    return PATCH + math.ceil((n - PATCH) / cfg.patch_stride) * cfg.patch_stride
 
 
 def random_crops(
@@ -207,6 +207,11 @@ def crops_per_clip(cfg: TrainConfig, train: Prepared, n_frames: int) -> int:
     return int(min(10, max(1, round(median / n_frames))))
 
 
+def n_batches(n: int, batch_size: int) -> int:
+    """Batches in an epoch of ``n`` crops; the ragged last batch is dropped."""
+    return n // batch_size if n >= batch_size else 1
+
+
 class Batches:
     """An epoch of shuffled batches of random crops, all drawn from one seeded generator."""
 
@@ -219,10 +224,7 @@ class Batches:
             g,
         )
         self.n = len(prep.feats) * repeats
-        self.repeats = repeats
-        self.n_batches = (
-            self.n // batch_size if self.n >= batch_size else 1
-        )  # drop the ragged last batch
+        self.n_batches = n_batches(self.n, batch_size)
 
     def __len__(self) -> int:
         return self.n_batches
@@ -283,7 +285,7 @@ def train(
     (out / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in state["log"]))
     meta = {"train_config": asdict(cfg), "data": _data_meta(ds, splits, prep, labels, skipped)}
     clf = Classifier(model, fcfg, labels, device=device)
-    steps = len(Batches(prep["train"], cfg.batch_size, n_frames, repeats, 0, None))
+    steps = n_batches(len(prep["train"].feats) * repeats, cfg.batch_size)
     schedule = (
         cfg.epochs * steps,
         max(1, int(cfg.warmup_epochs * steps)),
