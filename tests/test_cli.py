@@ -140,13 +140,13 @@ def test_timeline_outputs_plot_and_explanation(trained, tmp_path):
     assert float(rows[-1]["end_s"]) == pytest.approx(6.0, abs=0.01)
     run("predict", model, tmp_path / "mix.wav", "--timeline-out", tmp_path / "t.json")
     doc = json.loads((tmp_path / "t.json").read_text())
-    segs = doc["segments"]
+    segs = doc["timeline"]
     assert segs[0]["start_s"] == 0 and segs[-1]["end_s"] == pytest.approx(6.0, abs=0.01)
     assert all(
         a["end_s"] == pytest.approx(b["start_s"]) and a["label"] != b["label"]
         for a, b in zip(segs, segs[1:])
     )
-    assert len(doc["windows"]) >= len(segs) and set(doc["windows"][0]["probs"]) == set(labels)
+    assert len(doc["segments"]) >= len(segs) and set(doc["segments"][0]["probs"]) == set(labels)
     r = run("explain", model, tmp_path / "mix.wav", "--out", tmp_path / "e.png")
     assert r.stdout.split("\t")[1] in labels
     for png in ("t.png", "e.png"):

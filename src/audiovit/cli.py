@@ -165,15 +165,16 @@ def cmd_predict(args) -> int:
 
 
 def write_timeline(p, out: Path) -> None:
-    """Per-window labels and probabilities as CSV (one row per window) or JSON (windows and
-    merged segments)."""
+    """Per-window labels and probabilities as CSV (one row per window) or JSON with the same keys
+    as the service: ``segments`` (every window, with its probabilities) and ``timeline``
+    (merged segments)."""
     if out.suffix.lower() == ".json":
         windows = [
             {**w.__dict__, "probs": dict(zip(p.labels, map(float, pr)))}
             for w, pr in zip(p.segments, p.probs)
         ]
-        segments = [w.__dict__ for w in p.timeline()]
-        doc = {**p.to_dict(), "segments": segments, "windows": windows}
+        timeline = [w.__dict__ for w in p.timeline()]
+        doc = {**p.to_dict(), "segments": windows, "timeline": timeline}
         out.write_text(json.dumps(doc, indent=1, ensure_ascii=False))
         return
     with open(out, "w", newline="", encoding="utf-8") as f:
