@@ -14,7 +14,7 @@ from .progress import Progress
 
 TRAIN_HELP = {
     "preset": "model size: tiny, small or base",
-    "epochs": "passes over the training clips (one random crop of each per pass)",
+    "epochs": "passes over the training clips (each pass draws 1-5 random crops per clip, by clip length)",
     "lr": "peak AdamW learning rate",
     "crop_s": "training window in seconds (default: min(max-crop-s, median clip length))",
     "mixup": "mixup Beta(a, a) parameter; 0 = off",

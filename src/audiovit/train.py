@@ -28,6 +28,7 @@ from .model import PATCH, ModelConfig, ViT, autocast_dtype, load_timm_weights, r
 from .progress import Progress
 
 MAX_BAD_STEPS = 10  # consecutive non-finite losses before the run is stopped
+MAX_CROPS_PER_CLIP = 5  # 30 s clips: 5 random 3 s crops per epoch
 
 
 class TrainingError(Exception):
@@ -37,7 +38,7 @@ class TrainingError(Exception):
 @dataclass
 class TrainConfig:
     preset: str = "tiny"  # tiny | small | base (model.PRESETS)
-    epochs: int = 40
+    epochs: int = 30
     batch_size: int = 32
     lr: float = 5e-4  # peak AdamW learning rate, reached after warm-up
     min_lr: float = 1e-6  # end of the cosine decay
@@ -59,7 +60,7 @@ class TrainConfig:
     n_masks: int = 2  # masks per axis
     eval_hop_s: float | None = None  # hop between scored windows; None: half a window
     sr: int = 16000
-    n_mels: int = 128
+    n_mels: int = 64  # 64 bands halve the tokens of 128 (2× faster) on a CPU budget
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # bf16 autocast where the hardware runs it fast
@@ -204,7 +205,7 @@ def crops_per_clip(cfg: TrainConfig, train: Prepared, n_frames: int) -> int:
     if cfg.crops_per_clip is not None:
         return cfg.crops_per_clip
     median = float(np.median([f.shape[1] for f in train.feats]))
-    return int(min(10, max(1, round(median / n_frames))))
+    return int(min(MAX_CROPS_PER_CLIP, max(1, round(median / n_frames))))
 
 
 def n_batches(n: int, batch_size: int) -> int:

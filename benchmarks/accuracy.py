@@ -1,0 +1,257 @@
+"""Accuracy benchmark on real public audio, with the default training settings.
+
+    python benchmarks/accuracy.py                      # every protocol (about 80 min, 2 CPU cores)
+    python benchmarks/accuracy.py gtzan-artist us8k    # some of them
+    python benchmarks/accuracy.py --resume             # finish runs cut short
+
+Protocols (the datasets' manifests in ../shared/data encode them; see its README):
+
+    fsdd-official   FSDD, official split: takes 0-4 of each digit and speaker are test
+    fsdd-speaker    FSDD, leave one speaker out: 6 folds, mean over folds
+    gtzan-artist    GTZAN, artist-filtered 3-fold cross-validation, pooled over the test clips
+    us8k            UrbanSound8K, train on folds 1-3, test on fold 10
+
+Each fold trains with ``audiovit.train`` and ``TrainConfig()`` as a new user gets it (validation
+is carved from the training folds, group-aware), and scores the best-on-validation model on the
+held-out fold. Next to every ViT row sits a classical reference measured on the same splits and
+the same log-mels: MFCC statistics (20 coefficients and their deltas, mean and standard
+deviation) → standardisation → an RBF SVM (scikit-learn, a benchmark-only dependency), trained
+on train + valid since it needs no early stopping.
+
+Results are merged into benchmarks/results/accuracy.{json,md} by protocol and hardware, so a
+protocol run alone updates its own rows; the run folders (models, reports) go to runs/accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import shutil
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from audiovit import data, evaluate
+from audiovit.features import FeatureCache, FeatureConfig, LogMel, default_cache_dir
+from audiovit.model import resolve_device
+from audiovit.train import TrainConfig, train
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+@dataclass(frozen=True)
+class Protocol:
+    dataset: str
+    description: str
+    manifest: str  # relative to the data folder
+    folds: str  # "split" (the manifest's split column), "all" (each fold tested once), or one fold
+    headline: str  # "single", "mean" over folds, or "pooled" over every test prediction
+    target: float
+
+
+PROTOCOLS = {
+    "fsdd-official": Protocol("FSDD", "official split (takes 0-4 test; speaker-dependent)",
+                              "fsdd/manifest.csv", "split", "single", 0.99),
+    "fsdd-speaker": Protocol("FSDD", "leave one speaker out, 6 folds (mean)",
+                             "fsdd/manifest.csv", "all", "mean", 0.92),
+    "gtzan-artist": Protocol("GTZAN (395 of 1000 clips)", "artist-filtered 3-fold CV (pooled)",
+                             "gtzan/manifest.csv", "all", "pooled", 0.70),
+    "us8k": Protocol("UrbanSound8K (folds 1-3, 10)", "train folds 1-3, test fold 10",
+                     "urbansound8k/manifest.csv", "10", "single", 0.78),
+}  # fmt: skip
+
+
+def hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or "CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads"
+
+
+def fold_splits(ds: data.Dataset, proto: Protocol) -> list[tuple[str, data.Splits]]:
+    """(fold name, splits) for each training run of the protocol."""
+    if proto.folds == "split":
+        return [("official", data.make_splits(ds, data.SplitOptions()))]
+    folds = sorted({str(it.fold) for it in ds.items}) if proto.folds == "all" else [proto.folds]
+    return [(f, data.make_splits(ds, data.SplitOptions(test_fold=f))) for f in folds]
+
+
+def read_predictions(run: Path) -> tuple[list[str], list[str]]:
+    with open(run / "predictions.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return [r["label"] for r in rows], [r["predicted"] for r in rows]
+
+
+def scores(true: list[str], pred: list[str], labels: list[str]) -> dict:
+    index = {lb: i for i, lb in enumerate(labels)}
+    m = evaluate.metrics([index[t] for t in true], [index[p] for p in pred], labels)
+    return {k: m[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "n")}
+
+
+def mfcc_stats(logmel_db: np.ndarray) -> np.ndarray:
+    """(F, T) log-mel in dB → 80 numbers: mean and std of 20 MFCCs and of their deltas."""
+    import librosa
+
+    mfcc = librosa.feature.mfcc(S=logmel_db.astype(np.float32), n_mfcc=20)
+    width = min(9, mfcc.shape[1] - (mfcc.shape[1] % 2 == 0))  # odd, at most the frame count
+    delta = librosa.feature.delta(mfcc, width=width) if width >= 3 else np.zeros_like(mfcc)
+    return np.concatenate([mfcc.mean(1), mfcc.std(1), delta.mean(1), delta.std(1)])
+
+
+def run_baseline(splits: data.Splits, cache: FeatureCache) -> tuple[list[str], list[str]]:
+    """MFCC statistics + RBF SVM: (true labels, predicted labels) on the test split."""
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    def table(items):
+        rows = [(mfcc_stats(cache.get(it.path)), it.label) for it in items]
+        return np.stack([r[0] for r in rows]), [r[1] for r in rows]
+
+    x_train, y_train = table(splits.train + splits.valid)
+    x_test, y_test = table(splits.test)
+    clf = make_pipeline(StandardScaler(), SVC(C=10.0, gamma="scale")).fit(x_train, y_train)
+    return y_test, list(clf.predict(x_test))
+
+
+def run_protocol(name: str, args, cfg: TrainConfig) -> dict:
+    proto = PROTOCOLS[name]
+    ds = data.load_dataset(args.data / proto.manifest)
+    labels = ds.labels
+    cache = FeatureCache(cfg.cache_dir, LogMel(FeatureConfig(sr=cfg.sr, n_mels=cfg.n_mels)))
+    folds, all_true, all_pred, base_true, base_pred = [], [], [], [], []
+    t_protocol = time.perf_counter()
+    for fold, splits in fold_splits(ds, proto):
+        run = args.runs / name / fold
+        if run.exists() and not args.resume:
+            shutil.rmtree(run)
+        print(f"\n== {name}, fold {fold}: {len(splits.train)} train, {len(splits.valid)} valid, "
+              f"{len(splits.test)} test ==", flush=True)  # fmt: skip
+        t0 = time.perf_counter()
+        train(ds, splits, cfg, run, resume=args.resume, log=lambda s: print(s, flush=True))
+        wall = time.perf_counter() - t0
+        log = [json.loads(ln) for ln in (run / "log.jsonl").read_text().splitlines() if ln]
+        true, pred = read_predictions(run)
+        all_true += true
+        all_pred += pred
+        bt, bp = run_baseline(splits, cache)
+        base_true += bt
+        base_pred += bp
+        folds.append({"fold": fold, **scores(true, pred, labels),
+                      "baseline_accuracy": scores(bt, bp, labels)["accuracy"],
+                      "train_s": round(sum(r["epoch_s"] for r in log), 1),
+                      "wall_s": round(wall, 1), "best_epoch": _best_epoch(run)})  # fmt: skip
+        print(f"fold {fold}: accuracy {folds[-1]['accuracy']:.4f} "
+              f"(MFCC+SVM {folds[-1]['baseline_accuracy']:.4f})", flush=True)  # fmt: skip
+    if proto.headline == "mean":
+        head = {k: statistics.mean(f[k] for f in folds)
+                for k in ("accuracy", "balanced_accuracy", "macro_f1")}  # fmt: skip
+        head["n"] = sum(f["n"] for f in folds)
+        base = statistics.mean(f["baseline_accuracy"] for f in folds)
+    else:  # single fold or pooled over every test prediction: the same computation
+        head = scores(all_true, all_pred, labels)
+        base = scores(base_true, base_pred, labels)["accuracy"]
+    device = resolve_device(cfg.device)
+    return {
+        "protocol": name, "dataset": proto.dataset, "description": proto.description,
+        "target": proto.target, **head, "baseline_accuracy": base, "folds": folds,
+        "train_s": round(sum(f["train_s"] for f in folds), 1),
+        "wall_s": round(time.perf_counter() - t_protocol, 1),
+        "hardware": hardware(device), "device": device.type,
+        "settings": {k: v for k, v in asdict(cfg).items() if k not in ("cache_dir", "device")},
+        "torch": torch.__version__, "date": date.today().isoformat(),
+        "command": "python benchmarks/accuracy.py " + " ".join(sys.argv[1:]),
+    }  # fmt: skip
+
+
+def _best_epoch(run: Path) -> int | None:
+    return json.loads((run / "metrics.json").read_text()).get("best_epoch")
+
+
+def write_results(rows: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "accuracy.json").write_text(json.dumps(rows, indent=2) + "\n")
+    order = {n: i for i, n in enumerate(PROTOCOLS)}
+    rs = sorted(rows.values(), key=lambda r: (r["device"], order.get(r["protocol"], 99)))
+    lines = [
+        "# Accuracy (default settings, no tuning flags)", "",
+        "Written by `python benchmarks/accuracy.py`; each row's own command, date and hardware "
+        "are in accuracy.json. MFCC+SVM: the classical reference on the same splits and log-mels.",
+        "",
+        "| dataset | protocol | accuracy | balanced acc. | macro-F1 | test clips | target | "
+        "MFCC+SVM | train time | hardware | date |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for r in rs:
+        met = "met" if r["accuracy"] >= r["target"] else f"missed by {r['target'] - r['accuracy']:.3f}"
+        lines.append(
+            f"| {r['dataset']} | {r['description']} | **{r['accuracy']:.3f}** | "
+            f"{r['balanced_accuracy']:.3f} | {r['macro_f1']:.3f} | {r['n']} | "
+            f"{r['target']:.2f} ({met}) | {r['baseline_accuracy']:.3f} | "
+            f"{r['train_s'] / 60:.1f} min | {r['hardware']} | {r['date']} |"
+        )
+    lines += ["", "## Per fold", "",
+              "| protocol | fold | accuracy | balanced acc. | macro-F1 | test clips | MFCC+SVM | "
+              "best epoch | train time |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rs:
+        for f in r["folds"]:
+            lines.append(
+                f"| {r['protocol']} ({r['device']}) | {f['fold']} | {f['accuracy']:.3f} | "
+                f"{f['balanced_accuracy']:.3f} | {f['macro_f1']:.3f} | {f['n']} | "
+                f"{f['baseline_accuracy']:.3f} | {f['best_epoch']} | {f['train_s'] / 60:.1f} min |"
+            )
+    settings = {json.dumps(r["settings"], sort_keys=True) for r in rs}
+    lines += ["", "## Settings", ""]
+    lines += [f"```\n{json.dumps(json.loads(s), indent=1)}\n```" for s in sorted(settings)]
+    (RESULTS / "accuracy.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("protocols", nargs="*", metavar="PROTOCOL",
+                   help=f"any of {', '.join(PROTOCOLS)} (default: all)")
+    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data",
+                   help="folder holding fsdd/, gtzan/, urbansound8k/ (default: ../shared/data)")
+    p.add_argument("--runs", type=Path, default=ROOT / "runs" / "accuracy",
+                   help="where each fold's run folder goes (default: runs/accuracy)")
+    p.add_argument("--cache-dir", default=None, help="feature cache (default: audiovit's)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    p.add_argument("--resume", action="store_true", help="continue runs cut short")
+    args = p.parse_args(argv)  # fmt: skip
+    unknown = sorted(set(args.protocols) - set(PROTOCOLS))
+    if unknown:
+        p.error(f"unknown protocol(s) {', '.join(unknown)}; choose from {', '.join(PROTOCOLS)}")
+    cfg = TrainConfig(device=args.device, cache_dir=str(args.cache_dir or default_cache_dir()))
+    path = RESULTS / "accuracy.json"
+    rows = json.loads(path.read_text()) if path.exists() else {}
+    for name in args.protocols or list(PROTOCOLS):
+        manifest = args.data / PROTOCOLS[name].manifest
+        if not manifest.is_file():
+            print(f"{name}: {manifest} not found; skipped", file=sys.stderr)
+            continue
+        row = run_protocol(name, args, cfg)
+        rows[f"{name}@{row['device']}"] = row
+        write_results(rows)  # after each protocol: a cut-short run keeps what it finished
+        print(f"\n{name}: accuracy {row['accuracy']:.4f} (target {row['target']}), "
+              f"MFCC+SVM {row['baseline_accuracy']:.4f}, {row['wall_s'] / 60:.1f} min", flush=True)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
