@@ -199,7 +199,11 @@ def write_results(rows: dict) -> None:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for r in rs:
-        met = "met" if r["accuracy"] >= r["target"] else f"missed by {r['target'] - r['accuracy']:.3f}"
+        met = (
+            "met"
+            if r["accuracy"] >= r["target"]
+            else f"missed by {r['target'] - r['accuracy']:.3f}"
+        )
         lines.append(
             f"| {r['dataset']} | {r['description']} | **{r['accuracy']:.3f}** | "
             f"{r['balanced_accuracy']:.3f} | {r['macro_f1']:.3f} | {r['n']} | "
@@ -224,12 +228,24 @@ def write_results(rows: dict) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("protocols", nargs="*", metavar="PROTOCOL",
-                   help=f"any of {', '.join(PROTOCOLS)} (default: all)")
-    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data",
-                   help="folder holding fsdd/, gtzan/, urbansound8k/ (default: ../shared/data)")
-    p.add_argument("--runs", type=Path, default=ROOT / "runs" / "accuracy",
-                   help="where each fold's run folder goes (default: runs/accuracy)")
+    p.add_argument(
+        "protocols",
+        nargs="*",
+        metavar="PROTOCOL",
+        help=f"any of {', '.join(PROTOCOLS)} (default: all)",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=ROOT.parent / "shared" / "data",
+        help="folder holding fsdd/, gtzan/, urbansound8k/ (default: ../shared/data)",
+    )
+    p.add_argument(
+        "--runs",
+        type=Path,
+        default=ROOT / "runs" / "accuracy",
+        help="where each fold's run folder goes (default: runs/accuracy)",
+    )
     p.add_argument("--cache-dir", default=None, help="feature cache (default: audiovit's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     p.add_argument("--resume", action="store_true", help="continue runs cut short")

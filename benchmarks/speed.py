@@ -1,15 +1,23 @@
-"""Speed benchmark: features against librosa, training throughput per preset, prediction
-latency and the cost of an hour of audio. Writes benchmarks/results/speed.{md,json}.
+"""Speed benchmark: audiovit against librosa, the tutorial pipeline and the hardware's own
+matmul rate. Writes benchmarks/results/speed.{md,json}.
 
     python benchmarks/speed.py [--repeats 5] [--quick]
 
-Medians over repeats, all on synthetic audio written to a temporary folder. librosa is a
-benchmark-only reference (it is in the test extras).
+One run measures, on the same synthetic 30 s clips (written to a temporary folder), medians over
+repeats of: log-mel throughput (decode included and not) for audiovit, librosa and the tutorial's
+render-to-image route (librosa → matplotlib specshow → PNG → PIL → 480×480 RGB); training
+throughput per preset in fp32 and bf16, with torch.compile for tiny, and the tutorial's ViT-Base
+on 480×480 inputs (900 tokens); end-to-end latency of one 30 s file (torch and onnxruntime)
+against the tutorial pipeline; `audiovit predict` over a folder; an hour-long file's time and
+peak memory. Model FLOPs come from torch's FlopCounterMode, so the achieved FLOP/s sit next to
+the machine's measured matmul FLOP/s. librosa, matplotlib and onnxruntime are benchmark-only
+references here (librosa and onnxruntime are in the test extras).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import platform
 import statistics
@@ -23,17 +31,24 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from audiovit import audio, checkpoint
+from audiovit.export import export_onnx, load_onnx
 from audiovit.features import FeatureConfig, LogMel, file_log_mel
 from audiovit.inference import load_model
 from audiovit.model import PRESETS, ModelConfig, ViT, autocast_dtype
+from audiovit.train import TrainConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
+DEFAULTS = TrainConfig()  # what a new user trains: its mel bands and 3 s crops
+CROP = 304  # frames in a 3 s window at hop 10 ms, rounded to whole patches (as training does)
+TUTORIAL_SIDE = 480  # the tutorial's image size: 30 × 30 = 900 patches of 16 × 16
 
 
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
+def median_time(fn, repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -42,20 +57,44 @@ def median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def tutorial_image(y: np.ndarray, sr: int) -> np.ndarray:
+    """The tutorial's features: librosa log-mel drawn by matplotlib's specshow, saved as PNG,
+    read back with PIL and resized to 480×480 RGB → (480, 480, 3) uint8."""
+    import librosa
+    import librosa.display
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    S = librosa.power_to_db(librosa.feature.melspectrogram(y=y, sr=sr), ref=np.max)
+    fig = plt.figure(figsize=(10, 4))
+    librosa.display.specshow(S, sr=sr, x_axis="time", y_axis="mel")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    buf.seek(0)
+    img = Image.open(buf).convert("RGB").resize((TUTORIAL_SIDE, TUTORIAL_SIDE))
+    return np.asarray(img)
+
+
+def tutorial_model() -> ViT:
+    """ViT-Base on a 480×480 image: 900 tokens. Ours has one input channel, not three; the patch
+    embedding is < 1 % of the model's arithmetic, so the cost is the tutorial's."""
+    return ViT(ModelConfig.from_preset("base", n_classes=10, n_mels=TUTORIAL_SIDE,
+                                       n_frames=TUTORIAL_SIDE)).eval()  # fmt: skip
+
+
 def bench_features(clips: list[Path], repeats: int) -> dict:
     import librosa
 
-    cfg = FeatureConfig()
+    cfg = FeatureConfig(n_mels=DEFAULTS.n_mels)
     lm = LogMel(cfg)
     seconds = sum(sf.info(str(p)).duration for p in clips)
     waves = [audio.load(p, sr=cfg.sr) for p in clips]
-    kw = dict(
-        sr=cfg.sr,
-        n_fft=cfg.n_fft,
-        hop_length=cfg.hop_length,
-        win_length=cfg.win_length,
-        n_mels=cfg.n_mels,
-    )
+    kw = dict(sr=cfg.sr, n_fft=cfg.n_fft, hop_length=cfg.hop_length, win_length=cfg.win_length,
+              n_mels=cfg.n_mels)  # fmt: skip
 
     def ours_decoded():
         with torch.inference_mode():
@@ -76,54 +115,122 @@ def bench_features(clips: list[Path], repeats: int) -> dict:
         for w in waves:
             librosa.power_to_db(librosa.feature.melspectrogram(y=w, **kw))
 
-    rows = {name: seconds / median_time(fn, repeats) for name, fn in [
-        ("audiovit, decode + log-mel", ours_decoded), ("librosa, load + melspectrogram", librosa_decoded),
-        ("audiovit, log-mel only", ours_features), ("librosa, melspectrogram only", librosa_features)]}  # fmt: skip
-    return {
-        "audio_seconds_per_second": rows,
-        "clips": len(clips),
-        "clip_seconds": seconds / len(clips),
-    }
+    def tutorial_decoded():  # the tutorial loads at librosa's default 22050 Hz
+        for p in clips:
+            y, sr = librosa.load(p)
+            tutorial_image(y, sr)
+
+    routes = [("audiovit, decode + log-mel", ours_decoded),
+              ("librosa, load + melspectrogram", librosa_decoded),
+              ("tutorial, load + render to 480×480 PNG", tutorial_decoded),
+              ("audiovit, log-mel only", ours_features),
+              ("librosa, melspectrogram only", librosa_features)]  # fmt: skip
+    rows = {name: seconds / median_time(fn, repeats) for name, fn in routes}
+    return {"audio_seconds_per_second": rows, "clips": len(clips),
+            "clip_seconds": seconds / len(clips), "n_mels": cfg.n_mels}  # fmt: skip
+
+
+def train_step_fn(model: ViT, batch: int, amp, compiled: bool = False):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randn(batch, model.cfg.n_mels, model.cfg.n_frames) * 20 - 50
+    y = torch.randint(0, model.cfg.n_classes, (batch,))
+    fwd = torch.compile(model) if compiled else model
+
+    def step():
+        with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
+            loss = torch.nn.functional.cross_entropy(fwd(x).float(), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def train_flops(model: ViT, batch: int) -> float:
+    """Forward + backward FLOPs of one training step (matmuls and convolutions)."""
+    x = torch.randn(batch, model.cfg.n_mels, model.cfg.n_frames)
+    with FlopCounterMode(display=False) as fc:
+        model(x).sum().backward()
+    model.zero_grad(set_to_none=True)
+    return float(fc.get_total_flops())
+
+
+def matmul_flops(repeats: int) -> dict:
+    """The machine's dense matmul rate: fp32 and bf16, 2048 × 2048 × 2048."""
+    out = {}
+    for name, dtype in [("fp32", torch.float32), ("bf16", torch.bfloat16)]:
+        a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
+        t = median_time(lambda a=a, b=b: a @ b, repeats)
+        out[name] = 2 * 2048**3 / t
+    return out
 
 
 def bench_training(repeats: int, quick: bool) -> dict:
-    out = {}
-    cpu_amp = autocast_dtype(torch.device("cpu"))
+    cpu_amp = autocast_dtype(torch.device("cpu")) or torch.bfloat16
+    rows = {}
+    batch = 16
     for preset in ["tiny"] if quick else list(PRESETS):
-        model = ViT(ModelConfig.from_preset(preset, n_classes=10, n_frames=304))
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        x, y = torch.randn(16, 128, 304) * 20 - 50, torch.randint(0, 10, (16,))
-        for amp in [None, cpu_amp] if cpu_amp else [None]:
+        model = ViT(ModelConfig.from_preset(preset, n_classes=10, n_mels=DEFAULTS.n_mels,
+                                            n_frames=CROP, pool="mean"))  # fmt: skip
+        flops = train_flops(model, batch)
+        variants = [("fp32", None, False), ("bf16", cpu_amp, False)]
+        if preset == "tiny":
+            variants += [("fp32 + compile", None, True), ("bf16 + compile", cpu_amp, True)]
+        for name, amp, compiled in variants:
+            step = train_step_fn(model, batch, amp, compiled)
+            t0 = time.perf_counter()
+            step()  # the first call compiles
+            first = time.perf_counter() - t0
+            t = median_time(step, repeats if preset == "tiny" else 2, warmup=1)
+            rows[f"{preset} {name}"] = {"clips_per_s": batch / t, "gflop_per_s": flops / t / 1e9,
+                                        "first_step_s": first}  # fmt: skip
+    model = tutorial_model().train()
+    flops = train_flops(model, 2)
+    t = median_time(train_step_fn(model, 2, None), 1 if quick else 2, warmup=1)
+    rows["tutorial ViT-Base, 480×480, fp32"] = {"clips_per_s": 2 / t,
+                                                "gflop_per_s": flops / t / 1e9}  # fmt: skip
+    return {"batch": batch, "crop_frames": CROP, "n_mels": DEFAULTS.n_mels, "rows": rows,
+            "matmul_gflop_per_s": {k: v / 1e9 for k, v in matmul_flops(repeats).items()}}  # fmt: skip
 
-            def step():
-                with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
-                    loss = torch.nn.functional.cross_entropy(model(x).float(), y)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
 
-            t = median_time(step, max(2, repeats if preset == "tiny" else 2))
-            out[f"{preset} {'bf16' if amp else 'fp32'}"] = len(x) / t
-    return {"clips_per_second_3s_crops": out}
+def bench_prediction(tmp: Path, clips: list[Path], repeats: int, quick: bool) -> dict:
+    import librosa
 
+    mcfg = ModelConfig.from_preset("tiny", n_classes=10, n_mels=DEFAULTS.n_mels, n_frames=CROP)
+    fcfg = FeatureConfig(n_mels=DEFAULTS.n_mels)
+    checkpoint.save_model(tmp / "model.pt", ViT(mcfg), fcfg, [str(i) for i in range(10)])
+    export_onnx(tmp / "model.pt", tmp / "model.onnx")
+    clip = clips[0]
+    clf, onnx_clf = load_model(tmp / "model.pt", device="cpu"), load_onnx(tmp / "model.onnx")
+    latency = {}
+    for h in (1.5, 3.0):
+        latency[f"audiovit (torch), hop {h} s"] = median_time(
+            lambda h=h: clf.predict(clip, hop_s=h), repeats)  # fmt: skip
+        latency[f"audiovit (onnxruntime), hop {h} s"] = median_time(
+            lambda h=h: onnx_clf.predict(clip, hop_s=h), repeats)  # fmt: skip
+    vit_b = tutorial_model()
 
-def bench_prediction(tmp: Path, repeats: int, quick: bool) -> dict:
-    model = ViT(ModelConfig.from_preset("tiny", n_classes=10, n_frames=304))
-    checkpoint.save_model(tmp / "model.pt", model, FeatureConfig(), [str(i) for i in range(10)])
-    clip = tmp / "clip30.wav"
-    sf.write(
-        clip, np.random.default_rng(0).standard_normal(22050 * 30).astype(np.float32) * 0.1, 22050
-    )
-    clf = load_model(tmp / "model.pt", device="cpu")
-    rows = {
-        f"30 s file, hop {h}": median_time(lambda h=h: clf.predict(clip, hop_s=h), repeats)
-        for h in (1.5, 3.0)
-    }
+    def tutorial():
+        y, sr = librosa.load(clip)
+        img = tutorial_image(y, sr)
+        with torch.inference_mode():  # one channel of the image stands for its three
+            vit_b(torch.from_numpy(img[None, :, :, 0].astype(np.float32)))
+
+    latency["tutorial (render + ViT-Base 480×480)"] = median_time(tutorial, 2 if quick else 3)
+
+    # `audiovit predict` over a folder, process start-up and model load included
+    seconds = sum(sf.info(str(p)).duration for p in clips)
+    cmd = [sys.executable, "-m", "audiovit", "predict", str(tmp / "model.pt"), str(clips[0].parent)]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True)
+    folder_s = time.perf_counter() - t0
+
     minutes = 10 if quick else 60
-    long = tmp / "long.flac"
+    long = tmp / "long" / "long.flac"
+    long.parent.mkdir()
     with sf.SoundFile(long, "w", 16000, 1) as f:
-        for _ in range(minutes):
-            f.write(np.random.default_rng(1).standard_normal(16000 * 60).astype(np.float32) * 0.05)
+        for i in range(minutes):
+            f.write(np.random.default_rng(i).standard_normal(16000 * 60).astype(np.float32) * 0.05)
     # Peak memory from VmHWM: unlike ru_maxrss, it starts afresh at exec, so the child does not
     # inherit this (much larger) benchmark process's high-water mark.
     code = (
@@ -132,50 +239,50 @@ def bench_prediction(tmp: Path, repeats: int, quick: bool) -> dict:
         "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1];"
         "print(dt, int(hwm) / 1024)"
     )
-    r = subprocess.run(
-        [sys.executable, "-c", code, tmp / "model.pt", long],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    seconds, peak_mb = map(float, r.stdout.split())
-    return {"latency_s": rows, "long_file": {"minutes": minutes, "seconds": seconds, "peak_rss_mb": peak_mb,
-            "hours_per_minute": minutes / 60 / (seconds / 60)}}  # fmt: skip
+    r = subprocess.run([sys.executable, "-c", code, tmp / "model.pt", long],
+                       capture_output=True, text=True, check=True)  # fmt: skip
+    long_s, peak_mb = map(float, r.stdout.split())
+    return {
+        "latency_s": latency,
+        "folder": {"files": len(clips), "audio_s": seconds, "seconds": folder_s,
+                   "hours_per_minute": seconds / 3600 / (folder_s / 60)},
+        "long_file": {"minutes": minutes, "seconds": long_s, "peak_rss_mb": peak_mb,
+                      "hours_per_minute": minutes / 60 / (long_s / 60)},
+    }  # fmt: skip
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--quick", action="store_true", help="tiny preset only, a 10-minute long file")
+    ap.add_argument("--quick", action="store_true",
+                    help="tiny preset only, fewer repeats, a 10-minute long file")  # fmt: skip
     args = ap.parse_args()
+    repeats = 2 if args.quick else args.repeats
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
+        (tmp / "clips").mkdir()
         clips = []
-        for i in range(5):
-            clips.append(tmp / f"c{i}.wav")
-            sf.write(
-                clips[-1],
-                np.random.default_rng(i).standard_normal(22050 * 30).astype(np.float32) * 0.1,
-                22050,
-            )
+        for i in range(8):
+            clips.append(tmp / "clips" / f"c{i}.wav")
+            wave = np.random.default_rng(i).standard_normal(22050 * 30).astype(np.float32) * 0.1
+            sf.write(clips[-1], wave, 22050)
         res = {
-            "date": str(date.today()), "machine": platform.processor() or platform.machine(),
+            "date": str(date.today()), "cpu_model": _cpu_model(),
             "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "features": bench_features(clips, args.repeats),
-            "training": bench_training(args.repeats, args.quick),
-            "prediction": bench_prediction(tmp, args.repeats, args.quick),
+            "command": "python benchmarks/speed.py" + (" --quick" if args.quick else ""),
+            "features": bench_features(clips[:5], repeats),
+            "training": bench_training(repeats, args.quick),
+            "prediction": bench_prediction(tmp, clips, repeats, args.quick),
         }  # fmt: skip
-    res["cpu_model"] = _cpu_model()
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "speed.json").write_text(json.dumps(res, indent=2))
+    (RESULTS / "speed.json").write_text(json.dumps(res, indent=2) + "\n")
     (RESULTS / "speed.md").write_text(render(res))
     print(render(res))
 
 
 def _cpu_model() -> str:
-    for line in (
-        Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
-    ):
+    path = Path("/proc/cpuinfo")
+    for line in path.read_text().splitlines() if path.exists() else []:
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
     return platform.machine()
@@ -183,29 +290,56 @@ def _cpu_model() -> str:
 
 def render(r: dict) -> str:
     f = r["features"]["audio_seconds_per_second"]
-    lines = [f"# Speed ({r['date']}, {r['cpu_model']}, {r['cpu_threads']} threads, torch {r['torch']})", "",
-             "Command: `python benchmarks/speed.py`", "", "## Log-mel features, 30 s clips",
-             "| route | audio-seconds per second | vs librosa |", "|---|---|---|"]  # fmt: skip
-    ref = {
-        "audiovit, decode + log-mel": "librosa, load + melspectrogram",
-        "audiovit, log-mel only": "librosa, melspectrogram only",
-    }
+    lines = [f"# Speed ({r['date']}, {r['cpu_model']}, {r['cpu_threads']} threads, torch {r['torch']})",
+             "", f"Command: `{r['command']}`. Medians over repeats; ratios are against the "
+             "reference measured in the same run.", "",
+             f"## Log-mel features, {r['features']['clip_seconds']:.0f} s clips, "
+             f"{r['features']['n_mels']} mel bands",
+             "| route | audio-seconds per second | audiovit's speed-up over it |", "|---|---|---|"]  # fmt: skip
+    ours = {"audiovit, decode + log-mel": ["librosa, load + melspectrogram",
+                                           "tutorial, load + render to 480×480 PNG"],
+            "audiovit, log-mel only": ["librosa, melspectrogram only"]}  # fmt: skip
+    mine = {ref: name for name, refs in ours.items() for ref in refs}
     for name, v in f.items():
-        ratio = f"{v / f[ref[name]]:.1f}×" if name in ref else ""
+        ratio = f"{f[mine[name]] / v:.1f}×" if name in mine else ""
         lines.append(f"| {name} | {v:.0f} | {ratio} |")
-    lines += [
-        "",
-        "## Training throughput (batch 16, 3 s crops, 128 mels)",
-        "| preset | clips/s |",
-        "|---|---|",
-    ]
-    lines += [f"| {k} | {v:.1f} |" for k, v in r["training"]["clips_per_second_3s_crops"].items()]
+
+    t = r["training"]
+    mm = t["matmul_gflop_per_s"]
+    lines += ["", f"## Training throughput (batch {t['batch']}, 3 s crops = {t['crop_frames']} "
+              f"frames × {t['n_mels']} mels)", "",
+              f"Machine matmul rate (2048³): fp32 {mm['fp32']:.0f} GFLOP/s, bf16 "
+              f"{mm['bf16']:.0f} GFLOP/s. Model FLOPs from torch's FlopCounterMode (forward + "
+              "backward).", "",
+              "| model | clips/s | GFLOP/s achieved | share of matmul rate | first step (s) |",
+              "|---|---|---|---|---|"]  # fmt: skip
+    for name, row in t["rows"].items():
+        peak = mm["bf16"] if "bf16" in name else mm["fp32"]
+        first = f"{row['first_step_s']:.1f}" if "first_step_s" in row else ""
+        lines.append(f"| {name} | {row['clips_per_s']:.2f} | {row['gflop_per_s']:.0f} | "
+                     f"{row['gflop_per_s'] / peak:.0%} | {first} |")  # fmt: skip
+    tut = t["rows"]["tutorial ViT-Base, 480×480, fp32"]["clips_per_s"]
+    best = max(v["clips_per_s"] for k, v in t["rows"].items() if k.startswith("tiny"))
+    crops = 5  # TrainConfig's crops of each 30 s clip per epoch
+    lines += ["", f"A GTZAN-sized epoch (1000 clips × 30 s): tutorial {1000 / tut / 3600:.1f} h "
+              f"(one 480×480 image per clip); audiovit tiny {1000 * crops / best / 60:.1f} min "
+              f"({crops} random 3 s crops per clip) — "
+              f"{(1000 / tut) / (1000 * crops / best):.0f}× cheaper."]  # fmt: skip
+
     p = r["prediction"]
-    lines += ["", "## Prediction (ViT-tiny, fp32, warm)", "| case | seconds |", "|---|---|"]
-    lines += [f"| {k} | {v:.3f} |" for k, v in p["latency_s"].items()]
-    lf = p["long_file"]
-    lines += ["", f"{lf['minutes']} minutes of audio (FLAC, hop 3 s): {lf['seconds']:.1f} s, "
-              f"{lf['hours_per_minute']:.1f} hours of audio per minute, peak RSS {lf['peak_rss_mb']:.0f} MB.", ""]  # fmt: skip
+    lat = p["latency_s"]
+    tut = lat["tutorial (render + ViT-Base 480×480)"]
+    lines += ["", "## Classifying one 30 s file, end to end (decode → label), warm, ViT-tiny",
+              "| route | seconds | speed-up over the tutorial |", "|---|---|---|"]  # fmt: skip
+    for name, v in lat.items():
+        lines.append(f"| {name} | {v:.3f} | {tut / v:.0f}× |")
+    fo, lf = p["folder"], p["long_file"]
+    lines += ["", f"`audiovit predict` over a folder of {fo['files']} × 30 s files (start-up and "
+              f"model load included): {fo['seconds']:.1f} s, {fo['hours_per_minute']:.2f} hours "
+              "of audio per minute.", "",
+              f"{lf['minutes']} minutes of audio in one FLAC file (hop 3 s): {lf['seconds']:.1f} s, "
+              f"{lf['hours_per_minute']:.1f} hours of audio per minute, peak RSS "
+              f"{lf['peak_rss_mb']:.0f} MB.", ""]  # fmt: skip
     return "\n".join(lines)
 
 

@@ -14,7 +14,7 @@ from .progress import Progress
 
 TRAIN_HELP = {
     "preset": "model size: tiny, small or base",
-    "epochs": "passes over the training clips (each pass draws 1-5 random crops per clip, by clip length)",
+    "epochs": "passes over the training clips (1-5 random crops of each per pass, by clip length)",
     "lr": "peak AdamW learning rate",
     "crop_s": "training window in seconds (default: min(max-crop-s, median clip length))",
     "mixup": "mixup Beta(a, a) parameter; 0 = off",
@@ -123,45 +123,82 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from . import plots
+    """Under torchrun each rank predicts every world_size-th file into ``OUT.partN`` and rank 0
+    merges the parts, in input order, into ``--out``."""
+    from . import distributed, plots
     from .audio import AudioError
     from .inference import find_audio_files, load_model
+    from .model import resolve_device
 
+    if distributed.active() and not args.out:
+        raise ValueError("under torchrun, predict needs --out FILE for the merged results")
     if args.backend == "onnx":
         from .export import load_onnx
 
+        distributed.setup(resolve_device("cpu"))
         clf = load_onnx(args.model)
     else:
-        clf = load_model(args.model, device=args.device)
+        clf = load_model(args.model, device=distributed.setup(resolve_device(args.device)))
     paths = find_audio_files(args.paths)
     if (args.plot or args.timeline_out) and len(paths) != 1:
         raise ValueError("--plot and --timeline-out take exactly one input file")
+    mine = distributed.shard(range(len(paths)))
+    part = args.out.with_name(f"{args.out.name}.part{distributed.rank()}") if args.out else None
+    sink = open(part or args.out, "w", encoding="utf-8") if args.out else sys.stdout
     failed = 0
-    for path in Progress(paths, "predicting") if len(paths) > 1 else paths:
-        try:
-            p = clf.predict(
-                path, top_k=args.top_k, hop_s=args.hop, overview=2000 if args.plot else 0
-            )
-        except AudioError as e:
-            failed += 1
-            if args.json:
-                print(json.dumps({"path": str(path), "error": e.reason}), flush=True)
+    try:
+        for i in Progress(mine, "predicting") if len(mine) > 1 else mine:
+            path = paths[i]
+            try:
+                p = clf.predict(
+                    path, top_k=args.top_k, hop_s=args.hop, overview=2000 if args.plot else 0
+                )
+            except AudioError as e:
+                failed += 1
+                text = json.dumps({"path": str(path), "error": e.reason}) if args.json else None
+                if text is None:
+                    print(f"audiovit: error: {e}", file=sys.stderr, flush=True)
             else:
-                print(f"audiovit: error: {e}", file=sys.stderr, flush=True)
-            continue
-        if args.json:
-            print(json.dumps(p.to_dict(timeline=args.timeline), ensure_ascii=False), flush=True)
-        else:
-            top = "  ".join(f"{lb} {s:.3f}" for lb, s in p.top_k)
-            print(f"{path}\t{p.label}\t{p.score:.3f}\t({p.duration_s:.1f} s; {top})", flush=True)
-            if args.timeline:
-                for w in p.timeline():
-                    print(f"  {w.start_s:8.2f}-{w.end_s:8.2f} s  {w.label}  {w.score:.3f}")
-        if args.timeline_out:
-            write_timeline(p, args.timeline_out)
-        if args.plot:
-            plots.timeline(p, args.plot)
+                text = _prediction_text(p, path, args)
+                if args.timeline_out:
+                    write_timeline(p, args.timeline_out)
+                if args.plot:
+                    plots.timeline(p, args.plot)
+            if text is not None and distributed.active():
+                text = json.dumps({"i": i, "text": text})  # parts carry the input order
+            if text is not None:
+                print(text, file=sink, flush=True)
+    finally:
+        if sink is not sys.stdout:
+            sink.close()
+    if distributed.active():
+        failed = int(distributed.all_sum([failed])[0])  # also waits for every rank's part
+        if distributed.is_main():
+            _merge_parts(args.out, distributed.world_size())
     return 1 if failed else 0
+
+
+def _prediction_text(p, path, args) -> str:
+    if args.json:
+        return json.dumps(p.to_dict(timeline=args.timeline), ensure_ascii=False)
+    top = "  ".join(f"{lb} {s:.3f}" for lb, s in p.top_k)
+    lines = [f"{path}\t{p.label}\t{p.score:.3f}\t({p.duration_s:.1f} s; {top})"]
+    if args.timeline:
+        lines += [f"  {w.start_s:8.2f}-{w.end_s:8.2f} s  {w.label}  {w.score:.3f}"
+                  for w in p.timeline()]  # fmt: skip
+    return "\n".join(lines)
+
+
+def _merge_parts(out: Path, world: int) -> None:
+    """OUT.part0 … OUT.part{world-1} (JSON lines {"i", "text"}) → OUT in input order."""
+    parts = [out.with_name(f"{out.name}.part{r}") for r in range(world)]
+    records = [json.loads(ln) for f in parts for ln in f.read_text(encoding="utf-8").splitlines()]
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text("".join(r["text"] + "\n" for r in sorted(records, key=lambda r: r["i"])),
+                   encoding="utf-8")  # fmt: skip
+    tmp.replace(out)
+    for f in parts:
+        f.unlink()
 
 
 def write_timeline(p, out: Path) -> None:
@@ -285,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--hop", type=float, help="seconds between scored windows (default: half a window)"
     )
     p.add_argument("--timeline-out", type=Path, metavar="FILE", help="timeline as .csv or .json")
+    p.add_argument("--out", type=Path, metavar="FILE",
+                   help="write results here, not to stdout (needed under torchrun)")  # fmt: skip
     p.add_argument(
         "--plot", type=Path, metavar="PNG", help="probabilities over time on the log-mel"
     )
@@ -343,3 +382,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("audiovit: interrupted; a training run continues with --resume", file=sys.stderr)
         return 130
+    finally:
+        if "audiovit.distributed" in sys.modules:  # imported by train/predict under torchrun
+            sys.modules["audiovit.distributed"].cleanup()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -22,7 +23,11 @@ class Progress:
             total if total is not None else (len(items) if hasattr(items, "__len__") else None)
         )
         self.stream = stream or sys.stderr
-        self.enabled = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.enabled = (
+            hasattr(self.stream, "isatty")
+            and self.stream.isatty()
+            and os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone draws
+        )
         self.fields: dict[str, str] = {}
         self.n = 0
         self._last = 0.0

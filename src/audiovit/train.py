@@ -3,6 +3,10 @@
 Each epoch draws its crops, masks, mixup and dropout from a generator seeded by (seed, epoch),
 and the run folder keeps the last finished epoch's state, so a run resumed after a kill repeats
 exactly what the uninterrupted run would have done (on CPU, same thread count).
+
+Under ``torchrun`` the same code runs data-parallel (DistributedDataParallel): every rank draws
+the same global batch and trains on its slice of it, validation clips are shared out and their
+scores gathered, and only rank 0 logs and writes files.
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
-from . import checkpoint, data, evaluate, plots, report
+from . import checkpoint, data, distributed, evaluate, plots, report
 from .audio import AudioError
 from .features import FeatureCache, FeatureConfig, LogMel, default_cache_dir, spec_augment
 from .inference import SILENCE_DB, Classifier
@@ -157,27 +162,37 @@ def lr_at(step: int, total: int, warmup: int, cfg: TrainConfig) -> float:
 def train_epoch(
     model, opt, batches, cfg: TrainConfig, device, amp, step0: int, total: int, warmup: int, g
 ):
-    """One pass over ``batches`` of (x (B, F, T), y (B,)). Returns (mean loss, accuracy, steps)."""
+    """One pass over ``batches`` of (x (B, F, T), y (B,)). Returns (mean loss, accuracy, steps).
+
+    ``model`` may be wrapped in DistributedDataParallel: each rank then augments the whole
+    global batch with the shared generator and trains on rows rank, rank + world, ...
+    """
+    core = getattr(model, "module", model)
+    r, w = distributed.rank(), distributed.world_size()
     model.train()
     losses, correct, seen, bad, step = [], 0, 0, 0, step0
     time_w = int(cfg.time_mask * batches.n_frames)
-    freq_w = int(cfg.freq_mask * model.cfg.n_mels)
+    freq_w = int(cfg.freq_mask * core.cfg.n_mels)
     bar = Progress(batches, f"epoch {batches.epoch}/{cfg.epochs}")
     for x, y in bar:
         x = spec_augment(x, freq_mask=freq_w, time_mask=time_w, n_masks=cfg.n_masks, generator=g)
-        target = F.one_hot(y, model.cfg.n_classes).float()
+        target = F.one_hot(y, core.cfg.n_classes).float()
         if cfg.mixup > 0:
-            lam = float(torch.distributions.Beta(cfg.mixup, cfg.mixup).sample())
+            seed = int(torch.randint(2**31, (1,), generator=g))  # same λ on every rank
+            lam = float(np.random.default_rng(seed).beta(cfg.mixup, cfg.mixup))
             perm = torch.randperm(len(x), generator=g)
             x, target = lam * x + (1 - lam) * x[perm], lam * target + (1 - lam) * target[perm]
-        x, target, y = x.to(device), target.to(device), y.to(device)
+        x, target, y = x[r::w].to(device), target[r::w].to(device), y[r::w].to(device)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, total, warmup, cfg)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             logits = model(x)
         loss = F.cross_entropy(logits.float(), target, label_smoothing=cfg.label_smoothing)
         step += 1
-        if not torch.isfinite(loss):
+        finite = bool(torch.isfinite(loss))
+        if w > 1:  # every rank skips the step together, or DDP's all-reduce would hang
+            finite = distributed.all_sum([not finite])[0] == 0
+        if not finite:
             bad += 1
             warnings.warn(f"non-finite loss at step {step}: step skipped", stacklevel=1)
             if bad >= MAX_BAD_STEPS:
@@ -196,7 +211,9 @@ def train_epoch(
         correct += int((logits.argmax(1) == y).sum())
         seen += len(y)
         bar.set(loss=float(np.mean(losses[-20:])), acc=correct / seen)
-    return float(np.mean(losses)) if losses else float("nan"), correct / max(seen, 1), step
+    # Over ranks: the mean of the per-rank batch means is the global batch mean (equal slices).
+    loss_sum, n, correct, seen = distributed.all_sum([sum(losses), len(losses), correct, seen])
+    return loss_sum / n if n else float("nan"), correct / max(seen, 1), step
 
 
 def crops_per_clip(cfg: TrainConfig, train: Prepared, n_frames: int) -> int:
@@ -239,11 +256,18 @@ class Batches:
 
 
 def validate(clf: Classifier, prep: Prepared, labels, hop_s) -> tuple[dict, float, np.ndarray]:
-    """Whole-clip metrics, mean clip-level cross-entropy and probabilities (N, C)."""
+    """Whole-clip metrics, mean clip-level cross-entropy and probabilities (N, C). Under
+    torchrun each rank scores every world_size-th clip and the scores are gathered."""
     clf.model.eval()
-    m, probs = evaluate.score_clips(
-        lambda f: clf.predict_features(f, hop_s), prep.feats, prep.targets, labels
-    )
+    mine = distributed.shard(range(len(prep.feats)))
+    scored = [
+        (i, clf.predict_features(torch.from_numpy(prep.feats[i].astype(np.float32)), hop_s).numpy())
+        for i in mine
+    ]
+    by_index = dict(pair for part in distributed.all_gather(scored) for pair in part)
+    probs = np.stack([by_index[i] for i in range(len(prep.feats))]) if by_index \
+        else np.zeros((0, len(labels)), np.float32)  # fmt: skip
+    m = evaluate.metrics(prep.targets, probs.argmax(axis=1), labels)
     p = probs[np.arange(len(prep.targets)), prep.targets] if len(probs) else np.ones(1)
     return m, float(-np.log(np.clip(p, 1e-7, 1)).mean()), probs
 
@@ -263,12 +287,21 @@ def train(
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.device)
+    device = distributed.setup(resolve_device(cfg.device))
+    main = distributed.is_main()
+    if cfg.batch_size % distributed.world_size():
+        raise TrainingError(f"--batch-size {cfg.batch_size} does not divide among "
+                            f"{distributed.world_size()} processes")  # fmt: skip
+    if not main:
+        log = _silent
     amp = autocast_dtype(device) if cfg.amp else None
     fcfg = FeatureConfig(sr=cfg.sr, n_mels=cfg.n_mels)
-    prep, labels, skipped = featurise(
-        splits, FeatureCache(cfg.cache_dir or default_cache_dir(), LogMel(fcfg))
-    )
+    cache = FeatureCache(cfg.cache_dir or default_cache_dir(), LogMel(fcfg))
+    if not main:
+        distributed.barrier()  # rank 0 fills the cache first; the others then read it
+    prep, labels, skipped = featurise(splits, cache)
+    if main:
+        distributed.barrier()
     for line in skipped:
         log(f"skipped: {line}")
     if not prep["valid"].feats:
@@ -282,8 +315,12 @@ def train(
         if resume
         else {"epoch": 0, "step": 0, "best": None, "log": []}
     )
+    net = model
+    if distributed.active():
+        net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     # last.pt holds the log of the epochs it has seen; an epoch cut short left no line.
-    (out / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in state["log"]))
+    if main:
+        (out / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in state["log"]))
     meta = {"train_config": asdict(cfg), "data": _data_meta(ds, splits, prep, labels, skipped)}
     clf = Classifier(model, fcfg, labels, device=device)
     steps = n_batches(len(prep["train"].feats) * repeats, cfg.batch_size)
@@ -299,11 +336,12 @@ def train(
     try:
         for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
             g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-            torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout / stochastic depth
+            # stochastic depth: its own stream on each rank
+            torch.manual_seed(cfg.seed * 1_000_003 + epoch + 7919 * distributed.rank())
             t0 = time.perf_counter()
             batches = Batches(prep["train"], cfg.batch_size, n_frames, repeats, epoch, g)
             loss, acc, state["step"] = train_epoch(
-                model, opt, batches, cfg, device, amp, state["step"], *schedule, g
+                net, opt, batches, cfg, device, amp, state["step"], *schedule, g
             )
             train_s = time.perf_counter() - t0
             vm, vloss, _ = validate(clf, prep["valid"], labels, cfg.eval_hop_s)
@@ -316,13 +354,15 @@ def train(
             is_best = state["best"] is None or score > tuple(state["best"])
             if is_best:
                 state["best"] = list(score)
-                checkpoint.save_model(
-                    out / "model.pt", model, fcfg, labels, {**meta, "epoch": epoch}
-                )
+                if main:
+                    checkpoint.save_model(
+                        out / "model.pt", model, fcfg, labels, {**meta, "epoch": epoch}
+                    )
             state["epoch"] = epoch
-            _save_state(out, model, opt, cfg, labels, state)
-            with open(out / "log.jsonl", "a") as f:  # after the state: a logged epoch is saved
-                f.write(json.dumps(rec) + "\n")
+            if main:
+                _save_state(out, model, opt, cfg, labels, state)
+                with open(out / "log.jsonl", "a") as f:  # after the state: a logged epoch is saved
+                    f.write(json.dumps(rec) + "\n")
             log(f"epoch {epoch:3d}  loss {loss:.3f}  acc {acc:.3f}  valid loss {vloss:.3f}  "
                 f"valid acc {vm['accuracy']:.3f}  {rec['clips_per_s']:.0f} clips/s  "
                 f"{rec['epoch_s']:.0f} s"
@@ -332,6 +372,10 @@ def train(
     finally:
         interrupted.restore()
     return finish_run(out, fcfg, prep, labels, state["log"], cfg, device, log)
+
+
+def _silent(*args, **kwargs) -> None:
+    """The log of ranks other than 0."""
 
 
 def _build_model(
@@ -389,12 +433,15 @@ def _restore(out: Path, cfg: TrainConfig, labels: list[str], model: ViT, opt, lo
 
 def finish_run(out: Path, fcfg, prep, labels, log_records, cfg: TrainConfig, device, log) -> dict:
     """Score the best model on test (else valid); write metrics.json, predictions.csv, the
-    plots and report.html."""
+    plots and report.html (rank 0; every rank returns the metrics)."""
+    distributed.barrier()  # rank 0 has written model.pt
     model, _, _, saved_meta = checkpoint.load_model(out / "model.pt", device)
     clf = Classifier(model, fcfg, labels, device=device)
     split = "test" if prep["test"].feats else "valid"
     m, _, probs = validate(clf, prep[split], labels, cfg.eval_hop_s)
     m = {**m, "split": split, "best_epoch": saved_meta.get("epoch")}
+    if not distributed.is_main():
+        return m
     (out / "metrics.json").write_text(json.dumps(m, indent=2))
     checkpoint.save_model(
         out / "model.pt", model, fcfg, labels, {**saved_meta, "metrics": _headline(m)}
