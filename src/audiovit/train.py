@@ -182,7 +182,7 @@ def train_epoch(
             lam = float(np.random.default_rng(seed).beta(cfg.mixup, cfg.mixup))
             perm = torch.randperm(len(x), generator=g)
             x, target = lam * x + (1 - lam) * x[perm], lam * target + (1 - lam) * target[perm]
-        x, target, y = x[r::w].to(device), target[r::w].to(device), y[r::w].to(device)
+        x, target, y = (_to_device(t[r::w], device) for t in (x, target, y))
         for group in opt.param_groups:
             group["lr"] = lr_at(step, total, warmup, cfg)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
@@ -214,6 +214,13 @@ def train_epoch(
     # Over ranks: the mean of the per-rank batch means is the global batch mean (equal slices).
     loss_sum, n, correct, seen = distributed.all_sum([sum(losses), len(losses), correct, seen])
     return loss_sum / n if n else float("nan"), correct / max(seen, 1), step
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host → device; through pinned memory, asynchronously, when the device is a GPU."""
+    if device.type != "cuda":
+        return t
+    return t.contiguous().pin_memory().to(device, non_blocking=True)
 
 
 def crops_per_clip(cfg: TrainConfig, train: Prepared, n_frames: int) -> int:
