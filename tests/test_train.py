@@ -26,8 +26,9 @@ def _splits(root):
     return ds, data.make_splits(ds, data.SplitOptions(seed=0, valid_frac=0.15, test_frac=0.15))
 
 
-def test_resume_reproduces_the_uninterrupted_run(synth_root, tmp_path, monkeypatch):
-    cfg = TrainConfig(**{**FAST, "epochs": 4}, cache_dir=str(tmp_path / "cache"))
+@pytest.mark.parametrize("extra", [{}, {"ema_epochs": 1.0, "balance_classes": True}])
+def test_resume_reproduces_the_uninterrupted_run(synth_root, tmp_path, monkeypatch, extra):
+    cfg = TrainConfig(**{**FAST, "epochs": 4, **extra}, cache_dir=str(tmp_path / "cache"))
     ds, splits = _splits(synth_root)
     full = train(ds, splits, cfg, tmp_path / "full", log=lambda *a: None)
 
@@ -104,3 +105,33 @@ def test_crop_length_follows_the_data():
     assert crop_frames(TrainConfig(), f, short) == 48  # ~0.45 s, rounded up to whole patches
     assert crop_frames(TrainConfig(), f, long) == 304  # capped at 3 s
     assert crop_frames(TrainConfig(crop_s=1.0, patch_stride=10), f, long) == 106
+
+
+def test_balanced_batches_draw_every_class_equally_often():
+    from audiovit.train import Batches, Prepared
+
+    targets = [0] * 90 + [1] * 9 + [2] * 1  # 90 : 9 : 1
+    prep = Prepared(feats=[np.zeros((8, 20), np.float16)] * 100, targets=targets)
+    g = torch.Generator().manual_seed(0)
+    drawn = torch.cat([y for _, y in Batches(prep, 50, 16, 30, 1, g, balanced=True)])
+    share = np.bincount(drawn.numpy(), minlength=3) / len(drawn)
+    assert len(drawn) == 3000 and np.all(np.abs(share - 1 / 3) < 0.04), share
+    plain = torch.cat([y for _, y in Batches(prep, 50, 16, 30, 1, g)])
+    assert np.bincount(plain.numpy()).tolist() == [2700, 270, 30]  # every clip 30 times
+
+
+def test_weight_average_follows_the_weights_with_its_decay():
+    from audiovit.model import ModelConfig, ViT
+    from audiovit.train import WeightAverage
+
+    model = ViT(ModelConfig(width=32, n_layers=1, n_heads=2, n_classes=2, n_mels=16, n_frames=16))
+    ema = WeightAverage(model, decay=0.9)
+    for _ in range(300):  # ramped decay: min(0.9, (1 + n) / (10 + n)) from the first update
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)
+        ema.update(model)
+    w, e = model.state_dict()["head.bias"], ema.model.state_dict()["head.bias"]
+    # a weight rising by 1 per step is trailed by decay / (1 - decay) = 9 steps once settled
+    assert torch.allclose(w - e, torch.full_like(w, 9.0), atol=1e-3)
+    assert not any(p.requires_grad for p in ema.model.parameters())

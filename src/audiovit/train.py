@@ -11,6 +11,7 @@ scores gathered, and only rank 0 logs and writes files.
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -63,6 +64,8 @@ class TrainConfig:
     freq_mask: float = 0.1  # SpecAugment: max width of each frequency mask, fraction of the bins
     time_mask: float = 0.1  # SpecAugment: max width of each time mask, fraction of the crop
     n_masks: int = 2  # masks per axis
+    balance_classes: bool = False  # draw crops so every class is equally likely per batch
+    ema_epochs: float = 0.0  # average the weights (EMA) over about this many epochs; 0 = off
     eval_hop_s: float | None = None  # hop between scored windows; None: half a window
     sr: int = 16000
     n_mels: int = 64  # 64 bands halve the tokens of 128 (2× faster) on a CPU budget
@@ -160,7 +163,17 @@ def lr_at(step: int, total: int, warmup: int, cfg: TrainConfig) -> float:
 
 
 def train_epoch(
-    model, opt, batches, cfg: TrainConfig, device, amp, step0: int, total: int, warmup: int, g
+    model,
+    opt,
+    batches,
+    cfg: TrainConfig,
+    device,
+    amp,
+    step0: int,
+    total: int,
+    warmup: int,
+    g,
+    ema: WeightAverage | None = None,
 ):
     """One pass over ``batches`` of (x (B, F, T), y (B,)). Returns (mean loss, accuracy, steps).
 
@@ -207,6 +220,8 @@ def train_epoch(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
+        if ema is not None:
+            ema.update(core)
         losses.append(loss.item())
         correct += int((logits.argmax(1) == y).sum())
         seen += len(y)
@@ -232,6 +247,23 @@ def crops_per_clip(cfg: TrainConfig, train: Prepared, n_frames: int) -> int:
     return int(min(MAX_CROPS_PER_CLIP, max(1, round(median / n_frames))))
 
 
+class WeightAverage:
+    """An exponential moving average of the weights (``self.model``, the copy that is validated
+    and saved). Its decay ramps up over the first steps so the random init fades quickly."""
+
+    def __init__(self, model: ViT, decay: float):
+        self.decay = decay
+        self.updates = 0
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: ViT) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for e, p in zip(self.model.parameters(), model.parameters()):
+            e.lerp_(p.detach(), 1.0 - d)
+
+
 def n_batches(n: int, batch_size: int) -> int:
     """Batches in an epoch of ``n`` crops; the ragged last batch is dropped."""
     return n // batch_size if n >= batch_size else 1
@@ -240,7 +272,10 @@ def n_batches(n: int, batch_size: int) -> int:
 class Batches:
     """An epoch of shuffled batches of random crops, all drawn from one seeded generator."""
 
-    def __init__(self, prep: Prepared, batch_size: int, n_frames: int, repeats: int, epoch: int, g):
+    def __init__(
+        self, prep: Prepared, batch_size: int, n_frames: int, repeats: int, epoch: int, g,
+        balanced: bool = False,
+    ):  # fmt: skip
         self.prep, self.batch_size, self.n_frames, self.epoch, self.g = (
             prep,
             batch_size,
@@ -248,6 +283,7 @@ class Batches:
             epoch,
             g,
         )
+        self.balanced = balanced
         self.n = len(prep.feats) * repeats
         self.n_batches = n_batches(self.n, batch_size)
 
@@ -255,7 +291,12 @@ class Batches:
         return self.n_batches
 
     def __iter__(self):
-        order = torch.randperm(self.n, generator=self.g).numpy() % len(self.prep.feats)
+        if self.balanced:  # each clip drawn with probability ∝ 1 / its class's clip count
+            counts = np.bincount(self.prep.targets)
+            w = torch.from_numpy(1.0 / counts[self.prep.targets])
+            order = torch.multinomial(w, self.n, replacement=True, generator=self.g).numpy()
+        else:
+            order = torch.randperm(self.n, generator=self.g).numpy() % len(self.prep.feats)
         targets = torch.tensor(self.prep.targets)
         for b in range(self.n_batches):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
@@ -317,11 +358,14 @@ def train(
     repeats = crops_per_clip(cfg, prep["train"], n_frames)
     model = _build_model(cfg, fcfg, len(labels), n_frames, device, log)
     opt = _optimizer(model, cfg)
+    steps = n_batches(len(prep["train"].feats) * repeats, cfg.batch_size)
+    ema = WeightAverage(model, 1 - 1 / (cfg.ema_epochs * steps)) if cfg.ema_epochs > 0 else None
     state = (
-        _restore(out, cfg, labels, model, opt, log)
+        _restore(out, cfg, labels, model, opt, ema, log)
         if resume
         else {"epoch": 0, "step": 0, "best": None, "log": []}
     )
+    scored = ema.model if ema else model  # the weights validated and saved
     net = model
     if distributed.active():
         net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
@@ -329,8 +373,7 @@ def train(
     if main:
         (out / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in state["log"]))
     meta = {"train_config": asdict(cfg), "data": _data_meta(ds, splits, prep, labels, skipped)}
-    clf = Classifier(model, fcfg, labels, device=device)
-    steps = n_batches(len(prep["train"].feats) * repeats, cfg.batch_size)
+    clf = Classifier(scored, fcfg, labels, device=device)
     schedule = (
         cfg.epochs * steps,
         max(1, int(cfg.warmup_epochs * steps)),
@@ -346,9 +389,11 @@ def train(
             # stochastic depth: its own stream on each rank
             torch.manual_seed(cfg.seed * 1_000_003 + epoch + 7919 * distributed.rank())
             t0 = time.perf_counter()
-            batches = Batches(prep["train"], cfg.batch_size, n_frames, repeats, epoch, g)
+            batches = Batches(
+                prep["train"], cfg.batch_size, n_frames, repeats, epoch, g, cfg.balance_classes
+            )
             loss, acc, state["step"] = train_epoch(
-                net, opt, batches, cfg, device, amp, state["step"], *schedule, g
+                net, opt, batches, cfg, device, amp, state["step"], *schedule, g, ema
             )
             train_s = time.perf_counter() - t0
             vm, vloss, _ = validate(clf, prep["valid"], labels, cfg.eval_hop_s)
@@ -363,11 +408,11 @@ def train(
                 state["best"] = list(score)
                 if main:
                     checkpoint.save_model(
-                        out / "model.pt", model, fcfg, labels, {**meta, "epoch": epoch}
+                        out / "model.pt", scored, fcfg, labels, {**meta, "epoch": epoch}
                     )
             state["epoch"] = epoch
             if main:
-                _save_state(out, model, opt, cfg, labels, state)
+                _save_state(out, model, opt, ema, cfg, labels, state)
                 with open(out / "log.jsonl", "a") as f:  # after the state: a logged epoch is saved
                     f.write(json.dumps(rec) + "\n")
             log(f"epoch {epoch:3d}  loss {loss:.3f}  acc {acc:.3f}  valid loss {vloss:.3f}  "
@@ -413,16 +458,19 @@ def _optimizer(model: ViT, cfg: TrainConfig) -> torch.optim.AdamW:
 
 
 def _save_state(
-    out: Path, model: ViT, opt, cfg: TrainConfig, labels: list[str], state: dict
+    out: Path, model: ViT, opt, ema: WeightAverage | None, cfg: TrainConfig, labels, state: dict
 ) -> None:
+    averaged = {"ema": ema.model.state_dict(), "ema_updates": ema.updates} if ema else {}
     checkpoint.atomic_save(
         {"model": model.state_dict(), "optimizer": opt.state_dict(), "train_config": asdict(cfg),
-         "labels": labels, **state},
+         "labels": labels, **averaged, **state},
         out / "last.pt",
     )  # fmt: skip
 
 
-def _restore(out: Path, cfg: TrainConfig, labels: list[str], model: ViT, opt, log) -> dict:
+def _restore(
+    out: Path, cfg: TrainConfig, labels: list[str], model: ViT, opt, ema: WeightAverage | None, log
+) -> dict:
     """Load last.pt into ``model`` and ``opt``; returns the loop state (epoch, step, best, log)."""
     if not (out / "last.pt").exists():
         log(f"nothing to resume in {out}: starting afresh")
@@ -434,6 +482,9 @@ def _restore(out: Path, cfg: TrainConfig, labels: list[str], model: ViT, opt, lo
                             "the same command, or train into a new --out")  # fmt: skip
     model.load_state_dict(saved["model"])
     opt.load_state_dict(saved["optimizer"])
+    if ema is not None:
+        ema.model.load_state_dict(saved["ema"])
+        ema.updates = saved["ema_updates"]
     log(f"resuming after epoch {saved['epoch']}")
     return {k: saved[k] for k in ("epoch", "step", "best", "log")}
 
