@@ -130,7 +130,8 @@ def run_baseline(splits: data.Splits, cache: FeatureCache) -> tuple[list[str], l
     return y_test, list(clf.predict(x_test))
 
 
-def run_protocol(name: str, args, cfg: TrainConfig) -> dict:
+def run_protocol(name: str, args, cfg: TrainConfig, only: list[str] | None = None) -> dict:
+    """Train and score every fold of protocol ``name`` (or the folds in ``only``)."""
     proto = PROTOCOLS[name]
     ds = data.load_dataset(args.data / proto.manifest)
     labels = ds.labels
@@ -138,6 +139,8 @@ def run_protocol(name: str, args, cfg: TrainConfig) -> dict:
     folds, all_true, all_pred, base_true, base_pred = [], [], [], [], []
     t_protocol = time.perf_counter()
     for fold, splits in fold_splits(ds, proto):
+        if only is not None and fold not in only:
+            continue
         run = args.runs / name / fold
         if run.exists() and not args.resume:
             shutil.rmtree(run)

@@ -1,0 +1,91 @@
+"""One ablation row: the accuracy benchmark's protocol (or some of its folds) with one change to
+the default TrainConfig. Rows are merged into benchmarks/results/ablations.{json,md}.
+
+    python benchmarks/ablate.py gtzan-artist --folds 1 --set balance_classes=true
+    python benchmarks/ablate.py fsdd-speaker --folds theo --set ema_epochs=2 --set epochs=40
+    python benchmarks/ablate.py gtzan-artist --folds 1                 # the defaults, as reference
+
+Settings are TrainConfig field names; values are parsed as JSON (true, 2, 0.3, "cls").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from accuracy import PROTOCOLS, ROOT, run_protocol
+
+from audiovit.features import default_cache_dir
+from audiovit.train import TrainConfig
+
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def reference_rows(rows: dict) -> list[dict]:
+    """For single-fold groups without a 'defaults' row: that fold's row of accuracy.json (the
+    same settings and seed, so the same run)."""
+    path = RESULTS / "accuracy.json"
+    bench = json.loads(path.read_text()) if path.exists() else {}
+    have = {(r["protocol"], tuple(r["only_folds"] or ())) for r in rows.values()
+            if r["change"] == "defaults"}  # fmt: skip
+    out = []
+    for proto, folds in {(r["protocol"], tuple(r["only_folds"] or ())) for r in rows.values()}:
+        if len(folds) != 1 or (proto, folds) in have or f"{proto}@cpu" not in bench:
+            continue
+        for f in bench[f"{proto}@cpu"]["folds"]:
+            if f["fold"] == folds[0]:
+                out.append({**f, "protocol": proto, "only_folds": list(folds),
+                            "change": "defaults (accuracy.json)"})  # fmt: skip
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("protocol", choices=list(PROTOCOLS))
+    p.add_argument("--folds", nargs="+", help="only these folds (default: all)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
+    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    p.add_argument("--cache-dir", default=None)
+    args = p.parse_args(argv)
+    change = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in TrainConfig.__dataclass_fields__:
+            p.error(f"{key!r} is not a TrainConfig field")
+        try:
+            change[key] = json.loads(value)
+        except json.JSONDecodeError:
+            change[key] = value
+    cfg = replace(TrainConfig(cache_dir=str(args.cache_dir or default_cache_dir())), **change)
+    label = ", ".join(f"{k}={v}" for k, v in change.items()) or "defaults"
+    run_args = argparse.Namespace(data=args.data, resume=False,
+                                  runs=ROOT / "runs" / "ablations" / label.replace(" ", ""))  # fmt: skip
+    row = run_protocol(args.protocol, run_args, cfg, only=args.folds)
+    row = {k: row[k] for k in ("protocol", "accuracy", "balanced_accuracy", "macro_f1", "n",
+                               "baseline_accuracy", "train_s", "hardware", "date", "folds")}  # fmt: skip
+    row["change"], row["only_folds"] = label, args.folds
+    path = RESULTS / "ablations.json"
+    rows = json.loads(path.read_text()) if path.exists() else {}
+    rows[f"{args.protocol}|{','.join(args.folds or ['all'])}|{label}"] = row
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rows, indent=2) + "\n")
+    lines = ["# Ablations (one change to the defaults per row)", "",
+             "Each row: `python benchmarks/ablate.py PROTOCOL --folds ... --set FIELD=VALUE`.", "",
+             "| protocol | folds | change | accuracy | balanced acc. | macro-F1 | test clips | "
+             "train time |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in sorted([*rows.values(), *reference_rows(rows)],
+                    key=lambda r: (r["protocol"], str(r["only_folds"]),
+                                                  not r["change"].startswith("defaults"), r["change"])):  # fmt: skip
+        lines.append(f"| {r['protocol']} | {','.join(r['only_folds'] or ['all'])} | {r['change']} | "
+                     f"{r['accuracy']:.3f} | {r['balanced_accuracy']:.3f} | {r['macro_f1']:.3f} | "
+                     f"{r['n']} | {r['train_s'] / 60:.1f} min |")  # fmt: skip
+    (RESULTS / "ablations.md").write_text("\n".join(lines) + "\n")
+    print(f"{label}: accuracy {row['accuracy']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
