@@ -32,7 +32,7 @@ import shutil
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import date
 from pathlib import Path
 
@@ -56,6 +56,7 @@ class Protocol:
     folds: str  # "split" (the manifest's split column), "all" (each fold tested once), or one fold
     headline: str  # "single", "mean" over folds, or "pooled" over every test prediction
     target: float
+    group_pattern: str | None = None  # file-name regex for groups the manifest does not name
 
 
 PROTOCOLS = {
@@ -66,7 +67,8 @@ PROTOCOLS = {
     "gtzan-artist": Protocol("GTZAN (395 of 1000 clips)", "artist-filtered 3-fold CV (pooled)",
                              "gtzan/manifest.csv", "all", "pooled", 0.70),
     "us8k": Protocol("UrbanSound8K (folds 1-3, 10)", "train folds 1-3, test fold 10",
-                     "urbansound8k/manifest.csv", "10", "single", 0.78),
+                     "urbansound8k/manifest.csv", "10", "single", 0.78,
+                     group_pattern=r"^(\d+)-"),  # slices of one recording (fsID) stay together
 }  # fmt: skip
 
 
@@ -86,10 +88,11 @@ def hardware(device: torch.device) -> str:
 
 def fold_splits(ds: data.Dataset, proto: Protocol) -> list[tuple[str, data.Splits]]:
     """(fold name, splits) for each training run of the protocol."""
+    opts = data.SplitOptions(group_pattern=proto.group_pattern)
     if proto.folds == "split":
-        return [("official", data.make_splits(ds, data.SplitOptions()))]
+        return [("official", data.make_splits(ds, opts))]
     folds = sorted({str(it.fold) for it in ds.items}) if proto.folds == "all" else [proto.folds]
-    return [(f, data.make_splits(ds, data.SplitOptions(test_fold=f))) for f in folds]
+    return [(f, data.make_splits(ds, replace(opts, test_fold=f))) for f in folds]
 
 
 def read_predictions(run: Path) -> tuple[list[str], list[str]]:
