@@ -95,6 +95,15 @@ def test_predict_json_lines_and_error_lines(trained, tmp_path):
     assert "Traceback" not in r.stderr
 
 
+def test_predict_out_file_holds_what_stdout_would(trained, tmp_path):
+    sf.write(tmp_path / "x.wav", sine(2.0), 16000)
+    shown = run("predict", trained / "model.pt", tmp_path / "x.wav", "--json").stdout
+    out = tmp_path / "preds.jsonl"
+    r = run("predict", trained / "model.pt", tmp_path / "x.wav", "--json", "--out", out)
+    assert r.stdout == "" and out.read_text() == shown and shown.count("\n") == 1
+    assert not list(tmp_path.glob("preds.jsonl.part*"))
+
+
 def test_predict_plain_text_and_timeline(trained, tmp_path):
     sf.write(tmp_path / "x.wav", sine(3.0), 16000)
     r = run("predict", trained / "model.pt", tmp_path / "x.wav", "--timeline", "--hop", 0.5)

@@ -145,8 +145,11 @@ def cmd_predict(args) -> int:
     if (args.plot or args.timeline_out) and len(paths) != 1:
         raise ValueError("--plot and --timeline-out take exactly one input file")
     mine = distributed.shard(range(len(paths)))
-    part = args.out.with_name(f"{args.out.name}.part{distributed.rank()}") if args.out else None
-    sink = open(part or args.out, "w", encoding="utf-8") if args.out else sys.stdout
+    if distributed.active():  # this rank's part; rank 0 merges the parts into --out
+        sink = open(args.out.with_name(f"{args.out.name}.part{distributed.rank()}"), "w",
+                    encoding="utf-8")  # fmt: skip
+    else:
+        sink = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
     failed = 0
     try:
         for i in Progress(mine, "predicting") if len(mine) > 1 else mine:
