@@ -190,19 +190,26 @@ def _best_epoch(run: Path) -> int | None:
     return json.loads((run / "metrics.json").read_text()).get("best_epoch")
 
 
+def _model(row: dict) -> str:
+    """The preset and schedule, marked where they differ from the defaults."""
+    d, s = TrainConfig(), row["settings"]
+    extra = "" if (s["preset"], s["epochs"]) == (d.preset, d.epochs) else " (not default)"
+    return f"{s['preset']}, {s['epochs']} epochs{extra}"
+
+
 def write_results(rows: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "accuracy.json").write_text(json.dumps(rows, indent=2) + "\n")
     order = {n: i for i, n in enumerate(PROTOCOLS)}
-    rs = sorted(rows.values(), key=lambda r: (r["device"], order.get(r["protocol"], 99)))
+    rs = sorted(rows.values(), key=lambda r: (r["device"], order.get(r["protocol"], 99), _model(r)))
     lines = [
         "# Accuracy (default settings, no tuning flags)", "",
         "Written by `python benchmarks/accuracy.py`; each row's own command, date and hardware "
         "are in accuracy.json. MFCC+SVM: the classical reference on the same splits and log-mels.",
         "",
-        "| dataset | protocol | accuracy | balanced acc. | macro-F1 | test clips | target | "
+        "| dataset | protocol | model | accuracy | balanced acc. | macro-F1 | test clips | target | "
         "MFCC+SVM | train time | hardware | date |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for r in rs:
         met = (
@@ -211,7 +218,7 @@ def write_results(rows: dict) -> None:
             else f"missed by {r['target'] - r['accuracy']:.3f}"
         )
         lines.append(
-            f"| {r['dataset']} | {r['description']} | **{r['accuracy']:.3f}** | "
+            f"| {r['dataset']} | {r['description']} | {_model(r)} | **{r['accuracy']:.3f}** | "
             f"{r['balanced_accuracy']:.3f} | {r['macro_f1']:.3f} | {r['n']} | "
             f"{r['target']:.2f} ({met}) | {r['baseline_accuracy']:.3f} | "
             f"{r['train_s'] / 60:.1f} min | {r['hardware']} | {r['date']} |"
@@ -222,7 +229,7 @@ def write_results(rows: dict) -> None:
     for r in rs:
         for f in r["folds"]:
             lines.append(
-                f"| {r['protocol']} ({r['device']}) | {f['fold']} | {f['accuracy']:.3f} | "
+                f"| {r['protocol']} ({r['device']}, {_model(r)}) | {f['fold']} | {f['accuracy']:.3f} | "
                 f"{f['balanced_accuracy']:.3f} | {f['macro_f1']:.3f} | {f['n']} | "
                 f"{f['baseline_accuracy']:.3f} | {f['best_epoch']} | {f['train_s'] / 60:.1f} min |"
             )
@@ -255,11 +262,23 @@ def main(argv=None) -> int:
     p.add_argument("--cache-dir", default=None, help="feature cache (default: audiovit's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     p.add_argument("--resume", action="store_true", help="continue runs cut short")
+    p.add_argument(
+        "--preset",
+        default=None,
+        help="another model size (tiny, small, base); its "
+        "rows are kept beside the defaults' (for GPU runs)",
+    )
+    p.add_argument("--epochs", type=int, default=None, help="a longer or shorter schedule")
     args = p.parse_args(argv)  # fmt: skip
     unknown = sorted(set(args.protocols) - set(PROTOCOLS))
     if unknown:
         p.error(f"unknown protocol(s) {', '.join(unknown)}; choose from {', '.join(PROTOCOLS)}")
     cfg = TrainConfig(device=args.device, cache_dir=str(args.cache_dir or default_cache_dir()))
+    changed = {k: v for k, v in (("preset", args.preset), ("epochs", args.epochs)) if v is not None}
+    cfg = replace(cfg, **changed)
+    variant = "".join(f",{k}={v}" for k, v in changed.items())
+    if variant:
+        args.runs = args.runs / variant[1:]
     path = RESULTS / "accuracy.json"
     rows = json.loads(path.read_text()) if path.exists() else {}
     for name in args.protocols or list(PROTOCOLS):
@@ -268,7 +287,7 @@ def main(argv=None) -> int:
             print(f"{name}: {manifest} not found; skipped", file=sys.stderr)
             continue
         row = run_protocol(name, args, cfg)
-        rows[f"{name}@{row['device']}"] = row
+        rows[f"{name}@{row['device']}{variant}"] = row
         write_results(rows)  # after each protocol: a cut-short run keeps what it finished
         print(f"\n{name}: accuracy {row['accuracy']:.4f} (target {row['target']}), "
               f"MFCC+SVM {row['baseline_accuracy']:.4f}, {row['wall_s'] / 60:.1f} min", flush=True)  # fmt: skip

@@ -43,16 +43,20 @@ from audiovit.train import TrainConfig
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULTS = TrainConfig()  # what a new user trains: its mel bands and 3 s crops
 CROP = 304  # frames in a 3 s window at hop 10 ms, rounded to whole patches (as training does)
+CPU = torch.device("cpu")
 TUTORIAL_SIDE = 480  # the tutorial's image size: 30 × 30 = 900 patches of 16 × 16
 
 
 def median_time(fn, repeats: int, warmup: int = 1) -> float:
+    sync = torch.cuda.synchronize if torch.cuda.is_initialized() else (lambda: None)
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
+        sync()
         t = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
 
@@ -86,11 +90,9 @@ def tutorial_model() -> ViT:
                                        n_frames=TUTORIAL_SIDE)).eval()  # fmt: skip
 
 
-def bench_features(clips: list[Path], repeats: int) -> dict:
-    import librosa
-
+def bench_features(clips: list[Path], repeats: int, device: torch.device = CPU) -> dict:
     cfg = FeatureConfig(n_mels=DEFAULTS.n_mels)
-    lm = LogMel(cfg)
+    lm = LogMel(cfg).to(device)
     seconds = sum(sf.info(str(p)).duration for p in clips)
     waves = [audio.load(p, sr=cfg.sr) for p in clips]
     kw = dict(sr=cfg.sr, n_fft=cfg.n_fft, hop_length=cfg.hop_length, win_length=cfg.win_length,
@@ -101,10 +103,18 @@ def bench_features(clips: list[Path], repeats: int) -> dict:
             for p in clips:
                 file_log_mel(p, lm)
 
-    def ours_features():
+    def ours_features():  # on a GPU: the copy of the samples to it included
         with torch.inference_mode():
             for w in waves:
-                lm(torch.from_numpy(w))
+                lm(torch.from_numpy(w).to(device))
+
+    if device.type == "cuda":  # the references are CPU programs, measured in the CPU run
+        routes = [("audiovit, decode + log-mel", ours_decoded),
+                  ("audiovit, log-mel only", ours_features)]  # fmt: skip
+        rows = {name: seconds / median_time(fn, repeats) for name, fn in routes}
+        return {"audio_seconds_per_second": rows, "clips": len(clips),
+                "clip_seconds": seconds / len(clips), "n_mels": cfg.n_mels}  # fmt: skip
+    import librosa
 
     def librosa_decoded():
         for p in clips:
@@ -131,13 +141,14 @@ def bench_features(clips: list[Path], repeats: int) -> dict:
 
 
 def train_step_fn(model: ViT, batch: int, amp, compiled: bool = False):
+    dev = next(model.parameters()).device
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randn(batch, model.cfg.n_mels, model.cfg.n_frames) * 20 - 50
-    y = torch.randint(0, model.cfg.n_classes, (batch,))
+    x = torch.randn(batch, model.cfg.n_mels, model.cfg.n_frames, device=dev) * 20 - 50
+    y = torch.randint(0, model.cfg.n_classes, (batch,), device=dev)
     fwd = torch.compile(model) if compiled else model
 
     def step():
-        with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
+        with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
             loss = torch.nn.functional.cross_entropy(fwd(x).float(), y)
         opt.zero_grad()
         loss.backward()
@@ -148,49 +159,55 @@ def train_step_fn(model: ViT, batch: int, amp, compiled: bool = False):
 
 def train_flops(model: ViT, batch: int) -> float:
     """Forward + backward FLOPs of one training step (matmuls and convolutions)."""
-    x = torch.randn(batch, model.cfg.n_mels, model.cfg.n_frames)
+    x = torch.randn(batch, model.cfg.n_mels, model.cfg.n_frames, device=model.pos_embed.device)
     with FlopCounterMode(display=False) as fc:
         model(x).sum().backward()
     model.zero_grad(set_to_none=True)
     return float(fc.get_total_flops())
 
 
-def matmul_flops(repeats: int) -> dict:
-    """The machine's dense matmul rate: fp32 and bf16, 2048 × 2048 × 2048."""
+def matmul_flops(repeats: int, device: torch.device = CPU) -> dict:
+    """The machine's dense matmul rate, fp32 and bf16: n × n × n, n = 2048 (CPU), 8192 (GPU)."""
+    n = 8192 if device.type == "cuda" else 2048
     out = {}
     for name, dtype in [("fp32", torch.float32), ("bf16", torch.bfloat16)]:
-        a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
+        a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
         t = median_time(lambda a=a, b=b: a @ b, repeats)
-        out[name] = 2 * 2048**3 / t
+        out[name] = 2 * n**3 / t
     return out
 
 
-def bench_training(repeats: int, quick: bool) -> dict:
-    cpu_amp = autocast_dtype(torch.device("cpu")) or torch.bfloat16
+def bench_training(repeats: int, quick: bool, device: torch.device = CPU) -> dict:
+    """Training steps on random inputs. On a GPU: batch 256 (small batches leave it idle), and no
+    torch.compile rows (its minutes of compiling don't fit a short device lease)."""
+    gpu = device.type == "cuda"
+    bf16 = autocast_dtype(device) or torch.bfloat16
     rows = {}
-    batch = 16
+    batch = 256 if gpu else 16
     for preset in ["tiny"] if quick else list(PRESETS):
         model = ViT(ModelConfig.from_preset(preset, n_classes=10, n_mels=DEFAULTS.n_mels,
-                                            n_frames=CROP, pool="mean"))  # fmt: skip
+                                            n_frames=CROP, pool="mean")).to(device)  # fmt: skip
         flops = train_flops(model, batch)
-        variants = [("fp32", None, False), ("bf16", cpu_amp, False)]
-        if preset == "tiny":
-            variants += [("fp32 + compile", None, True), ("bf16 + compile", cpu_amp, True)]
+        variants = [("fp32", None, False), ("bf16", bf16, False)]
+        if preset == "tiny" and not gpu:
+            variants += [("fp32 + compile", None, True), ("bf16 + compile", bf16, True)]
         for name, amp, compiled in variants:
             step = train_step_fn(model, batch, amp, compiled)
             t0 = time.perf_counter()
             step()  # the first call compiles
             first = time.perf_counter() - t0
-            t = median_time(step, repeats if preset == "tiny" else 2, warmup=1)
+            t = median_time(step, repeats if preset == "tiny" or gpu else 2, warmup=1)
             rows[f"{preset} {name}"] = {"clips_per_s": batch / t, "gflop_per_s": flops / t / 1e9,
                                         "first_step_s": first}  # fmt: skip
-    model = tutorial_model().train()
-    flops = train_flops(model, 2)
-    t = median_time(train_step_fn(model, 2, None), 1 if quick else 2, warmup=1)
-    rows["tutorial ViT-Base, 480×480, fp32"] = {"clips_per_s": 2 / t,
+    tb = 16 if gpu else 2
+    model = tutorial_model().train().to(device)
+    flops = train_flops(model, tb)
+    t = median_time(train_step_fn(model, tb, None), repeats if gpu else 1 if quick else 2, warmup=1)
+    rows["tutorial ViT-Base, 480×480, fp32"] = {"clips_per_s": tb / t,
                                                 "gflop_per_s": flops / t / 1e9}  # fmt: skip
+    mm = matmul_flops(repeats, device)
     return {"batch": batch, "crop_frames": CROP, "n_mels": DEFAULTS.n_mels, "rows": rows,
-            "matmul_gflop_per_s": {k: v / 1e9 for k, v in matmul_flops(repeats).items()}}  # fmt: skip
+            "matmul_gflop_per_s": {k: v / 1e9 for k, v in mm.items()}}  # fmt: skip
 
 
 def bench_prediction(tmp: Path, clips: list[Path], repeats: int, quick: bool) -> dict:
@@ -251,12 +268,40 @@ def bench_prediction(tmp: Path, clips: list[Path], repeats: int, quick: bool) ->
     }  # fmt: skip
 
 
+def bench_prediction_gpu(tmp: Path, clips: list[Path], repeats: int, device) -> dict:
+    """On a GPU, per preset: one 30 s file's latency, and the in-process rate over the folder
+    (decode on the CPU, log-mel and ViT on the GPU, bf16 autocast, start-up excluded)."""
+    seconds = sum(sf.info(str(p)).duration for p in clips)
+    fcfg = FeatureConfig(n_mels=DEFAULTS.n_mels)
+    rows = {}
+    for preset in PRESETS:
+        mcfg = ModelConfig.from_preset(preset, n_classes=10, n_mels=DEFAULTS.n_mels, n_frames=CROP)
+        checkpoint.save_model(tmp / f"{preset}.pt", ViT(mcfg), fcfg, [str(i) for i in range(10)])
+        clf = load_model(tmp / f"{preset}.pt", device=str(device))
+        one = median_time(lambda clf=clf: clf.predict(clips[0]), repeats)
+        folder = median_time(lambda clf=clf: [clf.predict(p) for p in clips], repeats)
+        rows[preset] = {"latency_30s_s": one, "folder_s": folder,
+                        "hours_per_minute": seconds / 3600 / (folder / 60)}  # fmt: skip
+    return {
+        "files": len(clips),
+        "audio_s": seconds,
+        "hop": "one window (the default)",
+        "presets": rows,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--quick", action="store_true",
                     help="tiny preset only, fewer repeats, a 10-minute long file")  # fmt: skip
+    ap.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu (the full comparison), or cuda: the GPU rows → speed_cuda.{md,json}",
+    )
     args = ap.parse_args()
+    device = torch.device(args.device)
     repeats = 2 if args.quick else args.repeats
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -269,15 +314,22 @@ def main() -> None:
         res = {
             "date": str(date.today()), "cpu_model": _cpu_model(),
             "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "command": "python benchmarks/speed.py" + (" --quick" if args.quick else ""),
-            "features": bench_features(clips[:5], repeats),
-            "training": bench_training(repeats, args.quick),
-            "prediction": bench_prediction(tmp, clips, repeats, args.quick),
+            "command": "python benchmarks/speed.py" + (" --quick" if args.quick else "")
+            + (f" --device {args.device}" if device.type != "cpu" else ""),
+            "features": bench_features(clips[:5], repeats, device),
+            "training": bench_training(repeats, args.quick, device),
         }  # fmt: skip
+        if device.type == "cuda":
+            res["gpu"] = torch.cuda.get_device_name(device)
+            res["prediction"] = bench_prediction_gpu(tmp, clips, repeats, device)
+        else:
+            res["prediction"] = bench_prediction(tmp, clips, repeats, args.quick)
+    name = "speed" if device.type == "cpu" else f"speed_{device.type}"
+    text = render(res) if device.type == "cpu" else render_gpu(res)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "speed.json").write_text(json.dumps(res, indent=2) + "\n")
-    (RESULTS / "speed.md").write_text(render(res))
-    print(render(res))
+    (RESULTS / f"{name}.json").write_text(json.dumps(res, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(text)
+    print(text)
 
 
 def _cpu_model() -> str:
@@ -341,6 +393,38 @@ def render(r: dict) -> str:
               f"{lf['hours_per_minute']:.1f} hours of audio per minute, peak RSS "
               f"{lf['peak_rss_mb']:.0f} MB.", ""]  # fmt: skip
     return "\n".join(lines)
+
+
+def render_gpu(r: dict) -> str:
+    f = r["features"]["audio_seconds_per_second"]
+    t = r["training"]
+    mm = t["matmul_gflop_per_s"]
+    lines = [f"# Speed on a GPU ({r['date']}, {r['gpu']}, host {r['cpu_model']}, torch {r['torch']})",
+             "", f"Command: `{r['command']}`. Medians over repeats. The CPU references (librosa, "
+             "the tutorial's render route, onnxruntime) are in speed.md.", "",
+             f"## Log-mel features on the GPU, {r['features']['clip_seconds']:.0f} s clips", "",
+             "| route | audio-seconds per second |", "|---|---|"]  # fmt: skip
+    lines += [f"| {name} | {v:.0f} |" for name, v in f.items()]
+    lines += ["", f"## Training throughput (batch {t['batch']}, 3 s crops = {t['crop_frames']} "
+              f"frames × {t['n_mels']} mels)", "",
+              f"GPU matmul rate (8192³): fp32 {mm['fp32'] / 1e3:.0f} TFLOP/s, bf16 "
+              f"{mm['bf16'] / 1e3:.0f} TFLOP/s.", "",
+              "| model | clips/s | TFLOP/s achieved | share of matmul rate |", "|---|---|---|---|"]  # fmt: skip
+    for name, row in t["rows"].items():
+        peak = mm["bf16"] if "bf16" in name else mm["fp32"]
+        lines.append(f"| {name} | {row['clips_per_s']:.0f} | {row['gflop_per_s'] / 1e3:.1f} | "
+                     f"{row['gflop_per_s'] / peak:.0%} |")  # fmt: skip
+    best = max(v["clips_per_s"] for k, v in t["rows"].items() if k.startswith("tiny"))
+    lines += ["", f"A GTZAN-sized epoch (1000 clips × 5 random 3 s crops), tiny: "
+              f"{5000 / best:.1f} s of model time."]  # fmt: skip
+    p = r["prediction"]
+    lines += ["", f"## Prediction (decode on the CPU, log-mel and ViT on the GPU, {p['hop']})",
+              "", f"| preset | one 30 s file (ms) | {p['files']} × 30 s files (s) | hours of "
+              "audio per minute |", "|---|---|---|---|"]  # fmt: skip
+    for preset, row in p["presets"].items():
+        lines.append(f"| {preset} | {row['latency_30s_s'] * 1e3:.0f} | {row['folder_s']:.2f} | "
+                     f"{row['hours_per_minute']:.1f} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

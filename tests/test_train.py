@@ -120,6 +120,25 @@ def test_balanced_batches_draw_every_class_equally_often():
     assert np.bincount(plain.numpy()).tolist() == [2700, 270, 30]  # every clip 30 times
 
 
+def test_warped_crops_change_tempo_and_pitch_within_their_bounds():
+    from audiovit.train import random_crops
+
+    t_ramp = np.tile(np.arange(2000, dtype=np.float32), (16, 1))  # value = frame index
+    f_ramp = np.tile(np.arange(16, dtype=np.float32)[:, None], (1, 2000))  # value = band index
+    g = torch.Generator().manual_seed(0)
+    plain = random_crops([t_ramp], np.zeros(64, int), 100, g)
+    assert torch.all(plain[:, :, 1:] - plain[:, :, :-1] == 1)  # no warp: exact frames
+    x = random_crops([t_ramp], np.zeros(64, int), 100, g, time_warp=0.25)
+    slope = (x[:, 0, -1] - x[:, 0, 0]) / 99  # frames of audio per output frame
+    assert slope.min() >= 1 / 1.25 - 0.02 and slope.max() <= 1.25 + 0.02
+    assert slope.min() < 0.9 and slope.max() > 1.1  # the draws spread over the range
+    y = random_crops([f_ramp], np.zeros(64, int), 10, g, freq_warp=0.2)[:, :, 0]  # (64, 16)
+    assert torch.all(y[:, 0] == 0)  # scaled about the lowest band
+    top = y[:, 15] / 15  # 1 / scale, or 1 where bands above the top were filled with it
+    assert top.min() >= 1 / 1.2 - 0.02 and top.max() <= 1.0 + 1e-6 and top.min() < 0.9
+    assert torch.all(y[:, 1:] >= y[:, :-1])  # order of the bands kept
+
+
 def test_weight_average_follows_the_weights_with_its_decay():
     from audiovit.model import ModelConfig, ViT
     from audiovit.train import WeightAverage

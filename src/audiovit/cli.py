@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", type=Path)
     p.add_argument("--out", type=Path, help="folder for metrics.json and confusion.png")
     p.add_argument(
-        "--hop", type=float, help="seconds between scored windows (default: half a window)"
+        "--hop", type=float, help="seconds between scored windows (default: one window, no overlap)"
     )
     p.add_argument("--device", default="auto")
     p.add_argument("--cache-dir", help="feature cache folder")
@@ -324,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeline", action="store_true", help="also give every window's label over time"
     )
     p.add_argument(
-        "--hop", type=float, help="seconds between scored windows (default: half a window)"
+        "--hop", type=float, help="seconds between scored windows (default: one window, no overlap)"
     )
     p.add_argument("--timeline-out", type=Path, metavar="FILE", help="timeline as .csv or .json")
     p.add_argument("--out", type=Path, metavar="FILE",

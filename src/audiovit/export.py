@@ -73,4 +73,5 @@ def load_onnx(path: str | os.PathLike) -> Classifier:
     if info.get("format") != FORMAT:
         raise checkpoint.CheckpointError(f"{side}: not an audiovit ONNX sidecar")
     model = OnnxModel(path, info["model_config"])
-    return Classifier(model, FeatureConfig(**info["feature_config"]), info["labels"], device="cpu")
+    return Classifier(model, FeatureConfig(**info["feature_config"]), info["labels"], device="cpu",
+                      amp=False)  # fmt: skip

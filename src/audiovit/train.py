@@ -65,8 +65,10 @@ class TrainConfig:
     time_mask: float = 0.1  # SpecAugment: max width of each time mask, fraction of the crop
     n_masks: int = 2  # masks per axis
     balance_classes: bool = False  # draw crops so every class is equally likely per batch
+    time_warp: float = 0.0  # crops stretched/squeezed in time by up to this factor (0.2 = ±20 %)
+    freq_warp: float = 0.0  # mel axis scaled by a factor in [1 - w, 1 + w] (pitch/formant shift)
     ema_epochs: float = 0.0  # average the weights (EMA) over about this many epochs; 0 = off
-    eval_hop_s: float | None = None  # hop between scored windows; None: half a window
+    eval_hop_s: float | None = None  # hop between scored windows; None: one window
     sr: int = 16000
     n_mels: int = 64  # 64 bands halve the tokens of 128 (2× faster) on a CPU budget
     seed: int = 0
@@ -137,21 +139,42 @@ def crop_frames(cfg: TrainConfig, fcfg: FeatureConfig, train: Prepared) -> int:
 
 
 def random_crops(
-    feats: list[np.ndarray], idx: np.ndarray, n: int, g: torch.Generator
-) -> torch.Tensor:
+    feats: list[np.ndarray], idx: np.ndarray, n: int, g: torch.Generator,
+    time_warp: float = 0.0, freq_warp: float = 0.0,
+) -> torch.Tensor:  # fmt: skip
     """A random window of ``n`` frames from each chosen clip → (B, F, n); short clips are
-    placed at a random offset in silence."""
-    out = np.full((len(idx), feats[0].shape[0], n), SILENCE_DB, dtype=np.float32)
-    offsets = torch.rand(len(idx), generator=g).tolist()
-    for row, (i, u) in enumerate(zip(idx, offsets)):
-        f = feats[i]
+    placed at a random offset in silence.
+
+    ``time_warp`` > 0: each window covers n·s frames, s log-uniform in [1/(1+w), 1+w], resampled
+    to n (a tempo change). ``freq_warp`` > 0: the mel axis is scaled by a factor in [1-w, 1+w]
+    about its lowest band (a pitch/formant shift, as in vocal-tract-length perturbation); bands
+    moved in from above the top take the top band's values.
+    """
+    B, Fb = len(idx), feats[0].shape[0]
+    offsets = torch.rand(B, generator=g).tolist()
+    stretch = torch.exp((2 * torch.rand(B, generator=g) - 1) * math.log1p(time_warp)).tolist() \
+        if time_warp > 0 else [1.0] * B  # fmt: skip
+    fscale = (1 + (2 * torch.rand(B, generator=g) - 1) * freq_warp).tolist() \
+        if freq_warp > 0 else [1.0] * B  # fmt: skip
+    out = np.empty((B, Fb, n), dtype=np.float32)
+    for row, (i, u, s, fs) in enumerate(zip(idx, offsets, stretch, fscale)):
+        f, m = feats[i], max(2, round(n * s))
         T = f.shape[1]
-        if T >= n:
-            s = int(u * (T - n + 1))
-            out[row] = f[:, s : s + n]
+        win = np.full((Fb, m), SILENCE_DB, dtype=np.float32)
+        if T >= m:
+            start = int(u * (T - m + 1))
+            win[:] = f[:, start : start + m]
         else:
-            s = int(u * (n - T + 1))
-            out[row, :, s : s + T] = f
+            start = int(u * (m - T + 1))
+            win[:, start : start + T] = f
+        if m != n or fs != 1.0:
+            rows = max(2, round(Fb * fs))
+            w = F.interpolate(torch.from_numpy(win)[None, None], size=(rows, n), mode="bilinear",
+                              align_corners=True)[0, 0]  # fmt: skip
+            if rows < Fb:  # bands moved in from above the top: the top band's values
+                w = torch.cat([w, w[-1:].expand(Fb - rows, n)])
+            win = w[:Fb].numpy()
+        out[row] = win
     return torch.from_numpy(out)
 
 
@@ -274,7 +297,7 @@ class Batches:
 
     def __init__(
         self, prep: Prepared, batch_size: int, n_frames: int, repeats: int, epoch: int, g,
-        balanced: bool = False,
+        balanced: bool = False, time_warp: float = 0.0, freq_warp: float = 0.0,
     ):  # fmt: skip
         self.prep, self.batch_size, self.n_frames, self.epoch, self.g = (
             prep,
@@ -283,7 +306,7 @@ class Batches:
             epoch,
             g,
         )
-        self.balanced = balanced
+        self.balanced, self.time_warp, self.freq_warp = balanced, time_warp, freq_warp
         self.n = len(prep.feats) * repeats
         self.n_batches = n_batches(self.n, batch_size)
 
@@ -300,7 +323,9 @@ class Batches:
         targets = torch.tensor(self.prep.targets)
         for b in range(self.n_batches):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-            yield random_crops(self.prep.feats, idx, self.n_frames, self.g), targets[idx]
+            x = random_crops(self.prep.feats, idx, self.n_frames, self.g, self.time_warp,
+                             self.freq_warp)  # fmt: skip
+            yield x, targets[idx]
 
 
 def validate(clf: Classifier, prep: Prepared, labels, hop_s) -> tuple[dict, float, np.ndarray]:
@@ -389,9 +414,8 @@ def train(
             # stochastic depth: its own stream on each rank
             torch.manual_seed(cfg.seed * 1_000_003 + epoch + 7919 * distributed.rank())
             t0 = time.perf_counter()
-            batches = Batches(
-                prep["train"], cfg.batch_size, n_frames, repeats, epoch, g, cfg.balance_classes
-            )
+            batches = Batches(prep["train"], cfg.batch_size, n_frames, repeats, epoch, g,
+                              cfg.balance_classes, cfg.time_warp, cfg.freq_warp)  # fmt: skip
             loss, acc, state["step"] = train_epoch(
                 net, opt, batches, cfg, device, amp, state["step"], *schedule, g, ema
             )
