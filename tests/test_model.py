@@ -50,6 +50,21 @@ def test_silence_and_constant_input_give_finite_logits():
     assert torch.isfinite(s).all() and s.abs().max() == 0
 
 
+def test_per_band_norm_cancels_a_fixed_channel_colouring():
+    cfg = dict(width=32, n_layers=2, n_heads=2, n_classes=3, n_mels=16, n_frames=32)
+    x = torch.randn(2, 16, 32) * 5 - 40
+    colour = torch.linspace(-12, 12, 16)[None, :, None]  # a microphone's tilt, dB per band
+    torch.manual_seed(0)
+    band = ViT(ModelConfig(**cfg, norm="band")).eval()
+    torch.manual_seed(0)
+    example = ViT(ModelConfig(**cfg)).eval()
+    with torch.no_grad():
+        assert torch.allclose(band(x), band(x + colour), atol=1e-4)
+        assert not torch.allclose(example(x), example(x + colour), atol=1e-2)
+    with pytest.raises(ValueError, match="norm"):
+        ViT(ModelConfig(**cfg, norm="batch"))
+
+
 def test_example_scores_do_not_depend_on_the_batch():
     model = ViT(small()).eval()
     x = torch.randn(4, 32, 48) * 10

@@ -379,8 +379,11 @@ def main(argv: list[str] | None = None) -> int:
     from .train import TrainingError
 
     args = build_parser().parse_args(argv)
+    finished = False
     try:
-        return args.func(args)
+        code = args.func(args)
+        finished = True
+        return code
     except (AudioError, CheckpointError, DataError, TrainingError, ValueError) as e:
         print(f"audiovit: error: {e}", file=sys.stderr)
         return 2
@@ -389,4 +392,4 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         if "audiovit.distributed" in sys.modules:  # imported by train/predict under torchrun
-            sys.modules["audiovit.distributed"].cleanup()
+            sys.modules["audiovit.distributed"].cleanup(ok=finished)

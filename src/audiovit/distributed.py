@@ -47,8 +47,13 @@ def setup(device: torch.device) -> torch.device:
     return device
 
 
-def cleanup() -> None:
+def cleanup(ok: bool = True) -> None:
+    """Leave the process group. After a normal end (``ok``) every rank first waits for the
+    others, so no rank closes its connections while another still talks to it (gloo aborts a
+    process whose peer hangs up mid-collective); after an error a barrier could hang, so none."""
     if dist.is_available() and dist.is_initialized():
+        if ok:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -39,6 +39,7 @@ class ModelConfig:
     drop_path: float = 0.1  # stochastic depth at the last block, linear from 0
     head_dropout: float = 0.0
     top_db: float = 80.0  # dynamic range kept below each example's peak before standardising
+    norm: str = "example"  # standardise each input by its own mean, or "band": each band's mean
 
     @classmethod
     def from_preset(cls, preset: str, **kw) -> ModelConfig:
@@ -58,17 +59,19 @@ class ModelConfig:
         return asdict(self)
 
 
-def standardize(x: torch.Tensor, top_db: float) -> torch.Tensor:
+def standardize(x: torch.Tensor, top_db: float, per_band: bool = False) -> torch.Tensor:
     """(B, F, T) dB → zero mean, unit variance per example, after flooring at peak − top_db.
 
     Per example (never across the batch), so a window scores the same alone or in any batch;
-    silence maps to all zeros rather than NaN.
+    silence maps to all zeros rather than NaN. ``per_band``: each band's mean over time is
+    removed instead of the example's (cepstral mean normalisation: a fixed microphone or
+    channel colouring, a constant in dB per band, cancels).
     """
     peak = x.amax(dim=(1, 2), keepdim=True)
     x = torch.maximum(x, peak - top_db)
-    mean = x.mean(dim=(1, 2), keepdim=True)
-    std = x.std(dim=(1, 2), keepdim=True, unbiased=False)
-    return (x - mean) / (std + 1e-5)
+    x = x - x.mean(dim=2 if per_band else (1, 2), keepdim=True)
+    std = x.square().mean(dim=(1, 2), keepdim=True).sqrt()
+    return x / (std + 1e-5)
 
 
 class PatchEmbed(nn.Module):
@@ -136,6 +139,8 @@ class ViT(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        if cfg.norm not in ("example", "band"):
+            raise ValueError(f"norm must be 'example' or 'band', got {cfg.norm!r}")
         self.cfg = cfg
         D = cfg.width
         self.patch_embed = PatchEmbed(cfg)
@@ -161,7 +166,7 @@ class ViT(nn.Module):
         assert x.shape[1] == self.cfg.n_mels, (
             f"expected {self.cfg.n_mels} mel bins, got {x.shape[1]}"
         )
-        x = standardize(x.float(), self.cfg.top_db)
+        x = standardize(x.float(), self.cfg.top_db, per_band=self.cfg.norm == "band")
         x, grid = self.patch_embed(x)  # (B, N, D)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1 + N, D)
         x = x + self._pos_embed(grid)

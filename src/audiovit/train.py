@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import gc
 import json
 import math
 import signal
@@ -57,6 +58,7 @@ class TrainConfig:
     max_crop_s: float = 3.0
     patch_stride: int = 16  # < 16 gives overlapping patches (more tokens, slower)
     pool: str = "mean"  # mean of patch tokens trains faster than a class token on small data
+    norm: str = "example"  # input standardisation: "example" or "band" (per-band mean removed)
     drop_path: float = 0.1
     crops_per_clip: int | None = (
         None  # crops of each clip per epoch; None: enough to cover the median clip
@@ -447,6 +449,10 @@ def train(
                 raise KeyboardInterrupt
     finally:
         interrupted.restore()
+    # DDP's reducer sits in reference cycles; free it while the process group is still up, not
+    # at interpreter exit after the group is gone.
+    del net
+    gc.collect()
     return finish_run(out, fcfg, prep, labels, state["log"], cfg, device, log)
 
 
@@ -460,7 +466,7 @@ def _build_model(
     torch.manual_seed(cfg.seed)
     mcfg = ModelConfig.from_preset(
         cfg.preset, n_classes=n_classes, n_mels=fcfg.n_mels, n_frames=n_frames,
-        patch_stride=cfg.patch_stride, pool=cfg.pool, drop_path=cfg.drop_path,
+        patch_stride=cfg.patch_stride, pool=cfg.pool, drop_path=cfg.drop_path, norm=cfg.norm,
     )  # fmt: skip
     model = ViT(mcfg)
     if cfg.init:
