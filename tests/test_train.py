@@ -120,6 +120,16 @@ def test_balanced_batches_draw_every_class_equally_often():
     assert np.bincount(plain.numpy()).tolist() == [2700, 270, 30]  # every clip 30 times
 
 
+def test_class_balanced_sampling_turns_on_for_uneven_classes():
+    from audiovit.train import balanced_sampling
+
+    auto = TrainConfig()
+    assert balanced_sampling(auto, [0] * 30 + [1] * 20) is True  # 1.5×
+    assert balanced_sampling(auto, [0] * 29 + [1] * 20) is False
+    assert balanced_sampling(TrainConfig(balance_classes=False), [0] * 90 + [1]) is False
+    assert balanced_sampling(TrainConfig(balance_classes=True), [0, 1]) is True
+
+
 def test_warped_crops_change_tempo_and_pitch_within_their_bounds():
     from audiovit.train import random_crops
 

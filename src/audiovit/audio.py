@@ -54,8 +54,8 @@ def check_file(path: Path) -> None:
 def to_mono(x: np.ndarray) -> np.ndarray:
     """(S,) or (S, C) samples → (S,) float32 mono; non-finite samples become 0."""
     x = np.asarray(x, dtype=np.float32)
-    if x.ndim == 2:
-        x = x.mean(axis=1, dtype=np.float32)
+    if x.ndim == 2:  # one channel: a view, not a pass over the samples
+        x = x[:, 0] if x.shape[1] == 1 else x.mean(axis=1, dtype=np.float32)
     elif x.ndim != 1:
         raise ValueError(f"expected samples of shape (S,) or (S, C), got {x.shape}")
     if not np.isfinite(x).all():

@@ -19,7 +19,8 @@ TRAIN_HELP = {
     "crop_s": "training window in seconds (default: min(max-crop-s, median clip length))",
     "mixup": "mixup Beta(a, a) parameter; 0 = off",
     "patch_stride": "patch stride in bins/frames; < 16 overlaps patches",
-    "balance_classes": "draw training crops so every class is equally likely",
+    "balance_classes": "draw training crops so every class is equally likely (None: when the "
+    "class sizes differ by 1.5x or more)",
     "ema_epochs": "validate and save an EMA of the weights over about this many epochs; 0 = off",
     "device": "auto (CUDA when present), cpu, cuda, cuda:1, ...",
     "amp": "bf16 autocast where the hardware supports it",

@@ -36,6 +36,7 @@ from .progress import Progress
 
 MAX_BAD_STEPS = 10  # consecutive non-finite losses before the run is stopped
 MAX_CROPS_PER_CLIP = 5  # 30 s clips: 5 random 3 s crops per epoch
+IMBALANCE = 1.5  # largest / smallest class above which training draws classes equally often
 
 
 class TrainingError(Exception):
@@ -66,7 +67,9 @@ class TrainConfig:
     freq_mask: float = 0.1  # SpecAugment: max width of each frequency mask, fraction of the bins
     time_mask: float = 0.1  # SpecAugment: max width of each time mask, fraction of the crop
     n_masks: int = 2  # masks per axis
-    balance_classes: bool = False  # draw crops so every class is equally likely per batch
+    # draw crops so every class is equally likely; None: when the classes' clip counts differ
+    # by IMBALANCE× or more
+    balance_classes: bool | None = None
     time_warp: float = 0.0  # crops stretched/squeezed in time by up to this factor (0.2 = ±20 %)
     freq_warp: float = 0.0  # mel axis scaled by a factor in [1 - w, 1 + w] (pitch/formant shift)
     ema_epochs: float = 0.0  # average the weights (EMA) over about this many epochs; 0 = off
@@ -289,6 +292,15 @@ class WeightAverage:
             e.lerp_(p.detach(), 1.0 - d)
 
 
+def balanced_sampling(cfg: TrainConfig, targets: list[int]) -> bool:
+    """Whether crops are drawn class-balanced: as set, or (None) when the training clips'
+    class counts differ by IMBALANCE× or more."""
+    if cfg.balance_classes is not None:
+        return cfg.balance_classes
+    counts = np.bincount(targets)
+    return bool(counts.max() >= IMBALANCE * counts[counts > 0].min())
+
+
 def n_batches(n: int, batch_size: int) -> int:
     """Batches in an epoch of ``n`` crops; the ragged last batch is dropped."""
     return n // batch_size if n >= batch_size else 1
@@ -383,6 +395,7 @@ def train(
         raise TrainingError("the validation split is empty: give more data or a --valid-fold")
     n_frames = crop_frames(cfg, fcfg, prep["train"])
     repeats = crops_per_clip(cfg, prep["train"], n_frames)
+    balanced = balanced_sampling(cfg, prep["train"].targets)
     model = _build_model(cfg, fcfg, len(labels), n_frames, device, log)
     opt = _optimizer(model, cfg)
     steps = n_batches(len(prep["train"].feats) * repeats, cfg.batch_size)
@@ -408,7 +421,8 @@ def train(
     n_params = sum(p.numel() for p in model.parameters()) / 1e6
     log(f"model: ViT-{cfg.preset}, {n_params:.2f} M parameters, {model.grid[0] * model.grid[1]} "
         f"patches per {fcfg.seconds(n_frames):.2f} s window, {steps} steps "
-        f"per epoch; device {device}{', bf16 autocast' if amp else ''}")  # fmt: skip
+        f"per epoch{', class-balanced crops' if balanced else ''}; device {device}"
+        f"{', bf16 autocast' if amp else ''}")  # fmt: skip
     interrupted = _Interrupt()
     try:
         for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
@@ -417,7 +431,7 @@ def train(
             torch.manual_seed(cfg.seed * 1_000_003 + epoch + 7919 * distributed.rank())
             t0 = time.perf_counter()
             batches = Batches(prep["train"], cfg.batch_size, n_frames, repeats, epoch, g,
-                              cfg.balance_classes, cfg.time_warp, cfg.freq_warp)  # fmt: skip
+                              balanced, cfg.time_warp, cfg.freq_warp)  # fmt: skip
             loss, acc, state["step"] = train_epoch(
                 net, opt, batches, cfg, device, amp, state["step"], *schedule, g, ema
             )
