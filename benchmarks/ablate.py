@@ -38,18 +38,47 @@ def reference_rows(rows: dict) -> list[dict]:
         for f in bench[f"{proto}@cpu"]["folds"]:
             if f["fold"] == folds[0]:
                 out.append({**f, "protocol": proto, "only_folds": list(folds),
-                            "change": "defaults (accuracy.json)"})  # fmt: skip
+                            "change": "defaults (accuracy.json, current)"})  # fmt: skip
     return out
+
+
+def write_results(rows: dict) -> None:
+    path = RESULTS / "ablations.json"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rows, indent=2) + "\n")
+    lines = ["# Ablations (one change to the defaults per row)", "",
+             "Each row: `python benchmarks/ablate.py PROTOCOL --folds ... --set FIELD=VALUE`, a "
+             "single run, seed 0. A row's change is against the defaults when it ran: "
+             "benchmarks/NOTES.md says which rows ran before class balancing became automatic "
+             "(their reference is 'defaults before this change set').", "",
+             "| protocol | folds | change | accuracy | balanced acc. | macro-F1 | test clips | "
+             "train time |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in sorted([*rows.values(), *reference_rows(rows)],
+                    key=lambda r: (r["protocol"], str(r["only_folds"]),
+                                                  not r["change"].startswith("defaults"), r["change"])):  # fmt: skip
+        lines.append(f"| {r['protocol']} | {','.join(r['only_folds'] or ['all'])} | {r['change']} | "
+                     f"{r['accuracy']:.3f} | {r['balanced_accuracy']:.3f} | {r['macro_f1']:.3f} | "
+                     f"{r['n']} | {r['train_s'] / 60:.1f} min |")  # fmt: skip
+    (RESULTS / "ablations.md").write_text("\n".join(lines) + "\n")
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("protocol", choices=list(PROTOCOLS))
+    p.add_argument(
+        "protocol",
+        nargs="?",
+        choices=list(PROTOCOLS),
+        help="without one: only re-render ablations.md from ablations.json",
+    )
     p.add_argument("--folds", nargs="+", help="only these folds (default: all)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     p.add_argument("--cache-dir", default=None)
     args = p.parse_args(argv)
+    if args.protocol is None:
+        path = RESULTS / "ablations.json"
+        write_results(json.loads(path.read_text()) if path.exists() else {})
+        return 0
     change = {}
     for item in args.set:
         key, _, value = item.partition("=")
@@ -70,19 +99,7 @@ def main(argv=None) -> int:
     path = RESULTS / "ablations.json"
     rows = json.loads(path.read_text()) if path.exists() else {}
     rows[f"{args.protocol}|{','.join(args.folds or ['all'])}|{label}"] = row
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(rows, indent=2) + "\n")
-    lines = ["# Ablations (one change to the defaults per row)", "",
-             "Each row: `python benchmarks/ablate.py PROTOCOL --folds ... --set FIELD=VALUE`.", "",
-             "| protocol | folds | change | accuracy | balanced acc. | macro-F1 | test clips | "
-             "train time |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for r in sorted([*rows.values(), *reference_rows(rows)],
-                    key=lambda r: (r["protocol"], str(r["only_folds"]),
-                                                  not r["change"].startswith("defaults"), r["change"])):  # fmt: skip
-        lines.append(f"| {r['protocol']} | {','.join(r['only_folds'] or ['all'])} | {r['change']} | "
-                     f"{r['accuracy']:.3f} | {r['balanced_accuracy']:.3f} | {r['macro_f1']:.3f} | "
-                     f"{r['n']} | {r['train_s'] / 60:.1f} min |")  # fmt: skip
-    (RESULTS / "ablations.md").write_text("\n".join(lines) + "\n")
+    write_results(rows)
     print(f"{label}: accuracy {row['accuracy']:.4f}")
     return 0
 
