@@ -165,21 +165,22 @@ def random_crops(
     for row, (i, u, s, fs) in enumerate(zip(idx, offsets, stretch, fscale)):
         f, m = feats[i], max(2, round(n * s))
         T = f.shape[1]
-        win = np.full((Fb, m), SILENCE_DB, dtype=np.float32)
+        warped = m != n or fs != 1.0
+        win = np.empty((Fb, m), dtype=np.float32) if warped else out[row]  # unwarped: in place
         if T >= m:
             start = int(u * (T - m + 1))
             win[:] = f[:, start : start + m]
         else:
             start = int(u * (m - T + 1))
+            win.fill(SILENCE_DB)
             win[:, start : start + T] = f
-        if m != n or fs != 1.0:
+        if warped:
             rows = max(2, round(Fb * fs))
             w = F.interpolate(torch.from_numpy(win)[None, None], size=(rows, n), mode="bilinear",
                               align_corners=True)[0, 0]  # fmt: skip
             if rows < Fb:  # bands moved in from above the top: the top band's values
                 w = torch.cat([w, w[-1:].expand(Fb - rows, n)])
-            win = w[:Fb].numpy()
-        out[row] = win
+            out[row] = w[:Fb].numpy()
     return torch.from_numpy(out)
 
 
