@@ -101,3 +101,28 @@ def test_cache_computes_once_and_rebuilds_damaged_entries(tmp_path, monkeypatch)
     assert calls == [1] and rebuilt.shape == (32, 101)
     other = F.FeatureCache(tmp_path / "cache", LogMel(FeatureConfig(n_mels=64)))
     assert other._entry(wav) != entry  # other settings, other entry
+
+
+def test_cache_fills_in_parallel_in_order_with_errors_in_place(tmp_path):
+    import soundfile as sf
+
+    from audiovit.audio import AudioError
+    from conftest import sine
+
+    paths = []
+    for i, f in enumerate((220.0, 440.0, None, 880.0, 1760.0)):
+        p = tmp_path / f"{i}.wav"
+        if f is None:
+            p.write_bytes(b"RIFF0000WAVE")  # not audio
+        else:
+            sf.write(p, sine(0.5 + 0.25 * i, sr=22050, hz=f), 22050)
+        paths.append(p)
+    cache = F.FeatureCache(tmp_path / "cache", LogMel(FeatureConfig(n_mels=32)))
+    threads = torch.get_num_threads()
+    got = list(cache.get_many(paths, workers=2))
+    assert torch.get_num_threads() == threads  # torch's pool restored after the fill
+    assert isinstance(got[2], AudioError) and "2.wav" in str(got[2])
+    fresh = F.FeatureCache(tmp_path / "fresh", LogMel(FeatureConfig(n_mels=32)))
+    for p, g in zip(paths, got):
+        if p.name != "2.wav":  # each file's own features, in input order
+            np.testing.assert_array_equal(g, fresh.get(p))

@@ -25,6 +25,29 @@ def test_shapes_and_every_parameter_gets_a_gradient(pool, stride):
     assert model.pos_embed.shape == (1, 1 + fp * tp, 64)
 
 
+def test_conv_stem_gives_one_token_per_16x16_cell_and_scores_windows_independently():
+    model = ViT(small(stem="conv", n_frames=64))
+    assert model.cfg.grid() == (2, 4) and model.pos_embed.shape == (1, 1 + 8, 64)
+    assert "patch_embed.backbone.0.conv.weight" in model.state_dict()  # timm's HybridEmbed names
+    x = torch.randn(4, 32, 64) * 20 - 50
+    model(x).square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    model.eval()  # BatchNorm on its running statistics: a window scores the same in any batch
+    with torch.no_grad():
+        torch.testing.assert_close(model(x[:1]), model(x)[:1], atol=1e-5, rtol=1e-4)
+        assert torch.isfinite(model(torch.randn(2, 32, 100))).all()  # other lengths
+    with pytest.raises(ValueError, match="stem"):
+        ViT(small(stem="resnet"))
+
+
+def test_inference_attention_equals_the_training_kernel():
+    model = ViT(small()).eval()
+    x = torch.randn(3, 32, 48) * 20 - 50
+    with torch.no_grad():
+        plain = model(x)  # the CPU inference path: softmax(QKᵀ)V
+    torch.testing.assert_close(model(x).detach(), plain, atol=1e-5, rtol=1e-4)  # SDPA
+
+
 def test_presets_have_the_published_sizes():
     n = lambda preset: sum(
         p.numel() for p in ViT(ModelConfig.from_preset(preset, n_classes=10)).parameters()

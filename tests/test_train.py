@@ -1,5 +1,6 @@
 import json
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -26,7 +27,9 @@ def _splits(root):
     return ds, data.make_splits(ds, data.SplitOptions(seed=0, valid_frac=0.15, test_frac=0.15))
 
 
-@pytest.mark.parametrize("extra", [{}, {"ema_epochs": 1.0, "balance_classes": True}])
+@pytest.mark.parametrize(
+    "extra", [{}, {"ema_epochs": 1.0, "balance_classes": True, "stem": "conv"}]
+)
 def test_resume_reproduces_the_uninterrupted_run(synth_root, tmp_path, monkeypatch, extra):
     cfg = TrainConfig(**{**FAST, "epochs": 4, **extra}, cache_dir=str(tmp_path / "cache"))
     ds, splits = _splits(synth_root)
@@ -153,13 +156,17 @@ def test_weight_average_follows_the_weights_with_its_decay():
     from audiovit.model import ModelConfig, ViT
     from audiovit.train import WeightAverage
 
-    model = ViT(ModelConfig(width=32, n_layers=1, n_heads=2, n_classes=2, n_mels=16, n_frames=16))
+    cfg = ModelConfig(width=32, n_layers=1, n_heads=2, n_classes=2, n_mels=16, n_frames=16)
+    model = ViT(replace(cfg, stem="conv"))
     ema = WeightAverage(model, decay=0.9)
     for _ in range(300):  # ramped decay: min(0.9, (1 + n) / (10 + n)) from the first update
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(1.0)
+        model.train()(torch.randn(4, 16, 16))  # moves the stem's BatchNorm statistics
         ema.update(model)
+    for b, eb in zip(model.buffers(), ema.model.buffers()):  # statistics are copied, not averaged
+        assert torch.equal(b, eb)
     w, e = model.state_dict()["head.bias"], ema.model.state_dict()["head.bias"]
     # a weight rising by 1 per step is trailed by decay / (1 - decay) = 9 steps once settled
     assert torch.allclose(w - e, torch.full_like(w, 9.0), atol=1e-3)

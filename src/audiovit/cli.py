@@ -19,6 +19,7 @@ TRAIN_HELP = {
     "crop_s": "training window in seconds (default: min(max-crop-s, median clip length))",
     "mixup": "mixup Beta(a, a) parameter; 0 = off",
     "patch_stride": "patch stride in bins/frames; < 16 overlaps patches",
+    "stem": "patch: linear 16x16 patch embedding; conv: four strided 3x3 convolutions",
     "balance_classes": "draw training crops so every class is equally likely (None: when the "
     "class sizes differ by 1.5x or more)",
     "ema_epochs": "validate and save an EMA of the weights over about this many epochs; 0 = off",

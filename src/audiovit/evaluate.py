@@ -101,14 +101,13 @@ def evaluate_items(clf, items, cache, hop_s: float | None = None) -> tuple[dict,
             f"{sum(it.label in unknown for it in items)} files of classes the model does not "
             f"know: {', '.join(unknown)}"
         )
-    for it in items:
-        if it.label not in index:
-            continue
-        try:
-            feats.append(cache.get(it.path))
+    known = [it for it in items if it.label in index]
+    for it, f in zip(known, cache.get_many(it.path for it in known), strict=True):
+        if isinstance(f, AudioError):
+            skipped.append(str(f))
+        else:
+            feats.append(f)
             kept.append(it)
-        except AudioError as e:
-            skipped.append(str(e))
     targets = [index[it.label] for it in kept]
     m, probs = score_clips(lambda f: clf.predict_features(f, hop_s), feats, targets, clf.labels)
     return m, skipped, list(zip(kept, probs))

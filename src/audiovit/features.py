@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -217,11 +219,38 @@ class FeatureCache:
         with torch.inference_mode():
             feats = file_log_mel(path, self.logmel).cpu().numpy().astype(np.float16)
         entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp = entry.with_suffix(f".tmp{os.getpid()}")
+        tmp = entry.with_suffix(f".tmp{os.getpid()}-{threading.get_ident()}")
         with open(tmp, "wb") as f:
             np.save(f, feats, allow_pickle=False)
         os.replace(tmp, entry)
         return feats
+
+    def get_many(
+        self, paths: Iterable[str | os.PathLike], workers: int = 2
+    ) -> Iterator[np.ndarray | audio.AudioError]:
+        """``get`` of each path in order, ``workers`` files at a time (decoding, resampling and
+        the FFTs release the GIL); a file that cannot be read yields its AudioError.
+
+        While the workers run, torch's own thread pool is shrunk to share the cores among them
+        (2 workers × 1 thread fill a 2-core machine's cache 1.5× faster than 1 × 2:
+        benchmarks/speed.py)."""
+
+        def one(path):
+            try:
+                return self.get(path)
+            except audio.AudioError as e:
+                return e
+
+        if workers <= 1:
+            yield from map(one, paths)
+            return
+        threads = torch.get_num_threads()
+        torch.set_num_threads(max(1, threads // workers))
+        try:
+            with ThreadPoolExecutor(workers) as pool:
+                yield from pool.map(one, paths)
+        finally:
+            torch.set_num_threads(threads)
 
 
 def default_cache_dir() -> Path:

@@ -58,6 +58,7 @@ class TrainConfig:
     crop_s: float | None = None  # training window in seconds; None: min(3 s, median clip)
     max_crop_s: float = 3.0
     patch_stride: int = 16  # < 16 gives overlapping patches (more tokens, slower)
+    stem: str = "patch"  # "conv": a convolutional stem in place of the linear patch embedding
     pool: str = "mean"  # mean of patch tokens trains faster than a class token on small data
     norm: str = "example"  # input standardisation: "example" or "band" (per-band mean removed)
     drop_path: float = 0.1
@@ -104,11 +105,15 @@ def featurise(
     raw: dict[str, list[tuple[data.Item, np.ndarray]]] = {}
     for name in data.SPLITS:
         raw[name] = []
-        for it in Progress(splits[name], f"features ({name})"):
-            try:
-                raw[name].append((it, cache.get(it.path)))
-            except AudioError as e:
-                skipped.append(str(e))
+        items = splits[name]
+        feats = cache.get_many(it.path for it in items)
+        for it, f in zip(
+            items, Progress(feats, f"features ({name})", total=len(items)), strict=True
+        ):
+            if isinstance(f, AudioError):
+                skipped.append(str(f))
+            else:
+                raw[name].append((it, f))
     labels = sorted({it.label for it, _ in raw["train"]})
     missing = sorted({it.label for it in splits.train} - set(labels))
     if missing:
@@ -291,6 +296,8 @@ class WeightAverage:
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
         for e, p in zip(self.model.parameters(), model.parameters()):
             e.lerp_(p.detach(), 1.0 - d)
+        for e, b in zip(self.model.buffers(), model.buffers()):  # BatchNorm statistics: copied
+            e.copy_(b)
 
 
 def balanced_sampling(cfg: TrainConfig, targets: list[int]) -> bool:
@@ -482,6 +489,7 @@ def _build_model(
     mcfg = ModelConfig.from_preset(
         cfg.preset, n_classes=n_classes, n_mels=fcfg.n_mels, n_frames=n_frames,
         patch_stride=cfg.patch_stride, pool=cfg.pool, drop_path=cfg.drop_path, norm=cfg.norm,
+        stem=cfg.stem,
     )  # fmt: skip
     model = ViT(mcfg)
     if cfg.init:
