@@ -40,6 +40,18 @@ def test_conv_stem_gives_one_token_per_16x16_cell_and_scores_windows_independent
         ViT(small(stem="resnet"))
 
 
+def test_timm_weights_leave_the_conv_stem_random():
+    donor = ViT(small(n_frames=32))  # a patch-embedding ViT in timm's layout, square grid
+    model = ViT(small(stem="conv", n_frames=64))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    missing = load_timm_weights(model, donor.state_dict())
+    stem = [k for k in model.state_dict() if k.startswith("patch_embed.")]
+    assert set(stem) <= set(missing)  # no half-loaded stem (its proj.bias matches by shape)
+    assert all(torch.equal(model.state_dict()[k], before[k]) for k in stem)
+    assert torch.equal(model.state_dict()["blocks.0.attn.qkv.weight"],
+                       donor.state_dict()["blocks.0.attn.qkv.weight"])  # fmt: skip
+
+
 def test_inference_attention_equals_the_training_kernel():
     model = ViT(small()).eval()
     x = torch.randn(3, 32, 48) * 20 - 50

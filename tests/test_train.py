@@ -60,6 +60,13 @@ def test_resume_reproduces_the_uninterrupted_run(synth_root, tmp_path, monkeypat
     assert strip(log_cut) == strip(log_full)
 
 
+def test_bad_choices_fail_before_any_work():
+    for bad in ({"stem": "resnet"}, {"norm": "batch"}, {"preset": "huge"}, {"pool": "max"},
+                {"stem": "conv", "patch_stride": 10}):  # fmt: skip
+        with pytest.raises(ValueError, match=next(iter(bad)) if len(bad) == 1 else "stride"):
+            TrainConfig(**bad)
+
+
 def test_non_finite_loss_stops_with_a_clear_message(synth_root, tmp_path, monkeypatch):
     import audiovit.model as M
 

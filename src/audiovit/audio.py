@@ -70,7 +70,9 @@ def resample(x: np.ndarray, sr_in: int, sr: int) -> np.ndarray:
     return soxr.resample(x, sr_in, sr).astype(np.float32, copy=False)
 
 
-_STDERR_LOCK = threading.Lock()  # fd 2 is process-wide: one redirection at a time
+# fd 2 is process-wide: one redirection at a time. The lock also serialises opening files, which
+# guards libsndfile's and mpg123's global state when the feature cache decodes in threads.
+_STDERR_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager

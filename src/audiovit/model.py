@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 PATCH = 16  # patch side in mel bins and frames, as in ViT/DeiT's 16×16
+PLAIN_ATTENTION_MAX = 256  # tokens up to which CPU inference uses softmax(QKᵀ)V, not SDPA
 CONV_STRIDE = 16  # the convolutional stem's total stride: four stride-2 convs, one token per 16×16
 
 PRESETS = {  # (width, n_layers, n_heads), as in DeiT
@@ -93,7 +94,8 @@ class ConvStem(nn.Module):
     """Four 3×3 stride-2 convolutions (BatchNorm, ReLU), widths D/8 → D, then a 1×1 projection
     to D: one token per 16×16 cell, as the patch embedding, but built from overlapping local
     filters ("Early convolutions help transformers see better", Xiao et al. 2021). Adds ~10 % to
-    ViT-tiny's arithmetic. Names follow timm's HybridEmbed (``backbone.N.conv``/``.bn``, ``proj``).
+    ViT-tiny's arithmetic. Layers are named as timm's ConvNormAct (``backbone.N.conv``/``.bn``),
+    then ``proj``; no ImageNet checkpoint provides them (load_timm_weights leaves them random).
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -130,9 +132,10 @@ class Attention(nn.Module):
         B, N, D = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.n_heads, D // self.n_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, nh, N, hs)
-        if x.device.type == "cpu" and not torch.is_grad_enabled():
+        if x.device.type == "cpu" and not torch.is_grad_enabled() and N <= PLAIN_ATTENTION_MAX:
             # Inference on a CPU: at these lengths (~80 tokens) the plain product runs in about
-            # half the time of SDPA's kernel (benchmarks/profile_predict.py)
+            # half the time of SDPA's kernel (benchmarks/profile_predict.py); it holds the
+            # (B, heads, N, N) scores, so long inputs go to SDPA
             att = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, nh, N, N)
             x = att.softmax(dim=-1).to(v.dtype) @ v
         else:
@@ -182,6 +185,9 @@ class ViT(nn.Module):
             raise ValueError(f"norm must be 'example' or 'band', got {cfg.norm!r}")
         if cfg.stem not in ("patch", "conv"):
             raise ValueError(f"stem must be 'patch' or 'conv', got {cfg.stem!r}")
+        if cfg.stem == "conv" and (cfg.patch_size, cfg.patch_stride) != (PATCH, CONV_STRIDE):
+            raise ValueError(f"the conv stem makes {CONV_STRIDE}×{CONV_STRIDE} tokens: leave "
+                             "patch_size and patch_stride at their defaults")  # fmt: skip
         self.cfg = cfg
         D = cfg.width
         self.patch_embed = ConvStem(cfg) if cfg.stem == "conv" else PatchEmbed(cfg)
@@ -266,6 +272,8 @@ def load_timm_weights(model: ViT, state: dict[str, torch.Tensor]) -> list[str]:
             f"checkpoint width {state['cls_token'].shape[-1]} differs from the model's "
             f"{model.cfg.width}: pick the preset that matches it"
         )
+    if model.cfg.stem == "conv":  # a timm ViT's patch embedding has no counterpart in the stem
+        state = {k: v for k, v in state.items() if not k.startswith("patch_embed.")}
     w = state.get("patch_embed.proj.weight")
     if w is not None:
         w = w.float().sum(dim=1, keepdim=True)  # (D, 3, p, p) -> (D, 1, p, p)

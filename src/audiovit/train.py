@@ -19,7 +19,7 @@ import math
 import signal
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,16 @@ from . import checkpoint, data, distributed, evaluate, plots, report
 from .audio import AudioError
 from .features import FeatureCache, FeatureConfig, LogMel, default_cache_dir, spec_augment
 from .inference import SILENCE_DB, Classifier
-from .model import PATCH, ModelConfig, ViT, autocast_dtype, load_timm_weights, resolve_device
+from .model import (
+    CONV_STRIDE,
+    PATCH,
+    PRESETS,
+    ModelConfig,
+    ViT,
+    autocast_dtype,
+    load_timm_weights,
+    resolve_device,
+)
 from .progress import Progress
 
 MAX_BAD_STEPS = 10  # consecutive non-finite losses before the run is stopped
@@ -82,6 +91,17 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast where the hardware runs it fast
     init: str | None = None  # a timm ViT/DeiT checkpoint (.safetensors or .pth) to start from
     cache_dir: str | None = None  # feature cache; None: $AUDIOVIT_CACHE or ~/.cache/audiovit
+
+    def __post_init__(self):  # wrong choices fail here, not after the features are computed
+        choices = {"preset": tuple(PRESETS), "pool": ("cls", "mean"), "norm": ("example", "band"),
+                   "stem": ("patch", "conv")}  # fmt: skip
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}; "
+                                 f"got {getattr(self, name)!r}")  # fmt: skip
+        if self.stem == "conv" and self.patch_stride != CONV_STRIDE:
+            raise ValueError(f"the conv stem has a fixed stride of {CONV_STRIDE}: "
+                             "leave patch_stride at its default")  # fmt: skip
 
 
 @dataclass
@@ -232,6 +252,7 @@ def train_epoch(
         x, target, y = (_to_device(t[r::w], device) for t in (x, target, y))
         for group in opt.param_groups:
             group["lr"] = lr_at(step, total, warmup, cfg)
+        stats = [b.clone() for b in core.buffers()]  # BatchNorm's, put back if the step is skipped
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             logits = model(x)
         loss = F.cross_entropy(logits.float(), target, label_smoothing=cfg.label_smoothing)
@@ -248,6 +269,9 @@ def train_epoch(
                     f"({cfg.lr:g}) is likely too high, or the input features hold non-finite values"
                 )
             opt.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for b, saved in zip(core.buffers(), stats):
+                    b.copy_(saved)
             continue
         bad = 0
         opt.zero_grad(set_to_none=True)
@@ -416,6 +440,11 @@ def train(
     scored = ema.model if ema else model  # the weights validated and saved
     net = model
     if distributed.active():
+        if cfg.stem == "conv":  # BatchNorm over the whole global batch, as in one process
+            if device.type != "cuda":
+                raise TrainingError("--stem conv under torchrun needs CUDA (SyncBatchNorm); on "
+                                    "CPUs train it in one process")  # fmt: skip
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     # last.pt holds the log of the epochs it has seen; an epoch cut short left no line.
     if main:
@@ -529,7 +558,11 @@ def _restore(
         log(f"nothing to resume in {out}: starting afresh")
         return {"epoch": 0, "step": 0, "best": None, "log": []}
     saved = checkpoint.safe_load(out / "last.pt")
-    if saved.get("train_config") != asdict(cfg) or saved.get("labels") != labels:
+    known = {f.name for f in fields(TrainConfig)}  # fields added since that run: their defaults
+    then = asdict(
+        TrainConfig(**{k: v for k, v in saved.get("train_config", {}).items() if k in known})
+    )
+    if then != asdict(cfg) or saved.get("labels") != labels:
         raise TrainingError(f"{out / 'last.pt'}: that run used other settings or data; resume "
                             "it with "
                             "the same command, or train into a new --out")  # fmt: skip
