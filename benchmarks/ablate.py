@@ -4,6 +4,9 @@ the default TrainConfig. Rows are merged into benchmarks/results/ablations.{json
     python benchmarks/ablate.py gtzan-artist --folds 1 --set balance_classes=true
     python benchmarks/ablate.py fsdd-speaker --folds theo --set ema_epochs=2 --set epochs=40
     python benchmarks/ablate.py gtzan-artist --folds 1                 # the defaults, as reference
+    python benchmarks/ablate.py gtzan-artist --folds 1 --set stem="conv" --set seed=1
+
+Rows that differ only in their seed are also summarised (mean, min-max) in a seed-spread table.
 
 Settings are TrainConfig field names; values are parsed as JSON (true, 2, 0.3, "cls").
 """
@@ -22,6 +25,7 @@ from audiovit.features import default_cache_dir
 from audiovit.train import TrainConfig
 
 RESULTS = ROOT / "benchmarks" / "results"
+CURRENT = "defaults (accuracy.json, current)"  # a fold's row of the benchmark, as reference
 
 
 def reference_rows(rows: dict) -> list[dict]:
@@ -38,8 +42,39 @@ def reference_rows(rows: dict) -> list[dict]:
         for f in bench[f"{proto}@cpu"]["folds"]:
             if f["fold"] == folds[0]:
                 out.append({**f, "protocol": proto, "only_folds": list(folds),
-                            "change": "defaults (accuracy.json, current)"})  # fmt: skip
+                            "change": CURRENT})  # fmt: skip
     return out
+
+
+def seed_spread(rows: list[dict]) -> list[str]:
+    """Table lines: for each (protocol, folds, change but the seed) run with ≥ 2 seeds, the
+    mean and range of accuracy and balanced accuracy."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["change"].startswith("defaults") and r["change"] not in ("defaults", CURRENT):
+            continue  # defaults of an earlier time
+        parts = [] if r["change"] in ("defaults", CURRENT) else r["change"].split(", ")
+        seed = next((int(p[5:]) for p in parts if p.startswith("seed=")), 0)
+        rest = ", ".join(p for p in parts if not p.startswith("seed=")) or "defaults"
+        key = (r["protocol"], ",".join(r["only_folds"] or ["all"]), rest)
+        groups.setdefault(key, []).append({**r, "seed": seed})
+    lines = []
+    for (proto, folds, change), rs in sorted(groups.items()):
+        if len(rs) < 2:
+            continue
+        rs.sort(key=lambda r: r["seed"])
+        cell = lambda k: (f"{sum(r[k] for r in rs) / len(rs):.3f} "
+                          f"({min(r[k] for r in rs):.3f}-{max(r[k] for r in rs):.3f})")  # fmt: skip
+        seeds = ", ".join(str(r["seed"]) for r in rs)
+        each = ", ".join(f"{r['accuracy']:.3f}" for r in rs)
+        lines.append(f"| {proto} | {folds} | {change} | {seeds} | {each} | {cell('accuracy')} | "
+                     f"{cell('balanced_accuracy')} |")  # fmt: skip
+    if not lines:
+        return []
+    return ["", "## Seed spread", "",
+            "Rows above that differ only in `seed` (seed 0 unless named): mean (min-max) over seeds.",
+            "", "| protocol | folds | change | seeds | accuracy per seed | accuracy | balanced acc. |",
+            "|---|---|---|---|---|---|---|", *lines]  # fmt: skip
 
 
 def write_results(rows: dict) -> None:
@@ -48,17 +83,19 @@ def write_results(rows: dict) -> None:
     path.write_text(json.dumps(rows, indent=2) + "\n")
     lines = ["# Ablations (one change to the defaults per row)", "",
              "Each row: `python benchmarks/ablate.py PROTOCOL --folds ... --set FIELD=VALUE`, a "
-             "single run, seed 0. A row's change is against the defaults when it ran: "
+             "single run, seed 0 unless the change names another. A row's change is against the defaults when it ran: "
              "benchmarks/NOTES.md says which rows ran before class balancing became automatic "
              "(their reference is 'defaults before this change set').", "",
              "| protocol | folds | change | accuracy | balanced acc. | macro-F1 | test clips | "
              "train time |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for r in sorted([*rows.values(), *reference_rows(rows)],
+    everything = [*rows.values(), *reference_rows(rows)]
+    for r in sorted(everything,
                     key=lambda r: (r["protocol"], str(r["only_folds"]),
                                                   not r["change"].startswith("defaults"), r["change"])):  # fmt: skip
         lines.append(f"| {r['protocol']} | {','.join(r['only_folds'] or ['all'])} | {r['change']} | "
                      f"{r['accuracy']:.3f} | {r['balanced_accuracy']:.3f} | {r['macro_f1']:.3f} | "
                      f"{r['n']} | {r['train_s'] / 60:.1f} min |")  # fmt: skip
+    lines += seed_spread(everything)
     (RESULTS / "ablations.md").write_text("\n".join(lines) + "\n")
 
 
