@@ -19,6 +19,10 @@ PATCH = 16  # patch side in mel bins and frames, as in ViT/DeiT's 16×16
 PLAIN_ATTENTION_MAX = 256  # tokens up to which CPU inference uses softmax(QKᵀ)V, not SDPA
 CONV_STRIDE = 16  # the convolutional stem's total stride: four stride-2 convs, one token per 16×16
 
+POOLS = ("cls", "mean")  # the choices of ModelConfig's string fields
+NORMS = ("example", "band")
+STEMS = ("patch", "conv")
+
 PRESETS = {  # (width, n_layers, n_heads), as in DeiT
     "tiny": (192, 12, 3),
     "small": (384, 12, 6),
@@ -181,10 +185,10 @@ class ViT(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        if cfg.norm not in ("example", "band"):
-            raise ValueError(f"norm must be 'example' or 'band', got {cfg.norm!r}")
-        if cfg.stem not in ("patch", "conv"):
-            raise ValueError(f"stem must be 'patch' or 'conv', got {cfg.stem!r}")
+        for name, allowed in (("pool", POOLS), ("norm", NORMS), ("stem", STEMS)):
+            if getattr(cfg, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}; "
+                                 f"got {getattr(cfg, name)!r}")  # fmt: skip
         if cfg.stem == "conv" and (cfg.patch_size, cfg.patch_stride) != (PATCH, CONV_STRIDE):
             raise ValueError(f"the conv stem makes {CONV_STRIDE}×{CONV_STRIDE} tokens: leave "
                              "patch_size and patch_stride at their defaults")  # fmt: skip

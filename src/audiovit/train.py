@@ -33,8 +33,11 @@ from .features import FeatureCache, FeatureConfig, LogMel, default_cache_dir, sp
 from .inference import SILENCE_DB, Classifier
 from .model import (
     CONV_STRIDE,
+    NORMS,
     PATCH,
+    POOLS,
     PRESETS,
+    STEMS,
     ModelConfig,
     ViT,
     autocast_dtype,
@@ -93,8 +96,7 @@ class TrainConfig:
     cache_dir: str | None = None  # feature cache; None: $AUDIOVIT_CACHE or ~/.cache/audiovit
 
     def __post_init__(self):  # wrong choices fail here, not after the features are computed
-        choices = {"preset": tuple(PRESETS), "pool": ("cls", "mean"), "norm": ("example", "band"),
-                   "stem": ("patch", "conv")}  # fmt: skip
+        choices = {"preset": tuple(PRESETS), "pool": POOLS, "norm": NORMS, "stem": STEMS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; "
