@@ -141,9 +141,8 @@ def bench_features(clips: list[Path], repeats: int, device: torch.device = CPU) 
 
     routes = [("audiovit, decode + log-mel", ours_decoded),
               ("audiovit, log-mel only", ours_features)]  # fmt: skip
-    if device.type == "cpu":
+    if device.type == "cpu":  # the cache fill and the references: CPU programs, in the CPU run
         routes.insert(1, (CACHE_ROUTE, ours_cache_fill))
-    if device.type == "cpu":  # the references are CPU programs, measured in the CPU run
         routes += reference_routes(clips, waves, cfg)
     rows = {name: seconds / median_time(fn, repeats) for name, fn in routes}
     return {"audio_seconds_per_second": rows, "clips": len(clips),
