@@ -28,7 +28,7 @@ def _splits(root):
 
 
 @pytest.mark.parametrize(
-    "extra", [{}, {"ema_epochs": 1.0, "balance_classes": True, "stem": "conv"}]
+    "extra", [{"stem": "patch"}, {"ema_epochs": 1.0, "balance_classes": True}]
 )
 def test_resume_reproduces_the_uninterrupted_run(synth_root, tmp_path, monkeypatch, extra):
     cfg = TrainConfig(**{**FAST, "epochs": 4, **extra}, cache_dir=str(tmp_path / "cache"))
@@ -58,6 +58,23 @@ def test_resume_reproduces_the_uninterrupted_run(synth_root, tmp_path, monkeypat
         for x in lines
     ]
     assert strip(log_cut) == strip(log_full)
+
+
+def test_a_run_saved_before_the_stem_field_resumes_as_the_patch_model_it_was(synth_root, tmp_path):
+    from audiovit import checkpoint
+
+    cfg = TrainConfig(**{**FAST, "epochs": 1}, stem="patch", cache_dir=str(tmp_path / "cache"))
+    ds, splits = _splits(synth_root)
+    train(ds, splits, cfg, tmp_path / "run", log=lambda *a: None)
+    last = checkpoint.safe_load(tmp_path / "run" / "last.pt")
+    del last["train_config"]["stem"]  # as written before the field existed
+    checkpoint.atomic_save(last, tmp_path / "run" / "last.pt")
+    with pytest.raises(TrainingError, match="other settings"):  # today's default is conv
+        train(ds, splits, replace(cfg, stem="conv"), tmp_path / "run", resume=True,
+              log=lambda *a: None)  # fmt: skip
+    logs = []
+    train(ds, splits, cfg, tmp_path / "run", resume=True, log=logs.append)  # loads the weights
+    assert any("resuming after epoch 1" in line for line in logs)
 
 
 def test_bad_choices_fail_before_any_work():
@@ -114,7 +131,7 @@ def test_crop_length_follows_the_data():
     f = FeatureConfig()
     assert crop_frames(TrainConfig(), f, short) == 48  # ~0.45 s, rounded up to whole patches
     assert crop_frames(TrainConfig(), f, long) == 304  # capped at 3 s
-    assert crop_frames(TrainConfig(crop_s=1.0, patch_stride=10), f, long) == 106
+    assert crop_frames(TrainConfig(crop_s=1.0, patch_stride=10, stem="patch"), f, long) == 106
 
 
 def test_balanced_batches_draw_every_class_equally_often():

@@ -49,6 +49,9 @@ from .progress import Progress
 MAX_BAD_STEPS = 10  # consecutive non-finite losses before the run is stopped
 MAX_CROPS_PER_CLIP = 5  # 30 s clips: 5 random 3 s crops per epoch
 IMBALANCE = 1.5  # largest / smallest class above which training draws classes equally often
+# TrainConfig fields whose default changed, with the value a run saved before the field existed
+# had (its last.pt has no entry for them); resuming such a run must rebuild the same model
+BEFORE_FIELD = {"stem": "patch"}
 
 
 class TrainingError(Exception):
@@ -69,8 +72,10 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global gradient norm
     crop_s: float | None = None  # training window in seconds; None: min(3 s, median clip)
     max_crop_s: float = 3.0
-    patch_stride: int = 16  # < 16 gives overlapping patches (more tokens, slower)
-    stem: str = "patch"  # "conv": a convolutional stem in place of the linear patch embedding
+    patch_stride: int = 16  # < 16 gives overlapping patches (stem "patch" only; slower)
+    # "conv": four strided 3×3 convs + BatchNorm (model.ConvStem); "patch": one linear map per
+    # 16×16 patch, as in timm's ViT. conv fits small data faster (NOTES.md, "Convolutional stem")
+    stem: str = "conv"
     pool: str = "mean"  # mean of patch tokens trains faster than a class token on small data
     norm: str = "example"  # input standardisation: "example" or "band" (per-band mean removed)
     drop_path: float = 0.1
@@ -102,8 +107,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; "
                                  f"got {getattr(self, name)!r}")  # fmt: skip
         if self.stem == "conv" and self.patch_stride != CONV_STRIDE:
-            raise ValueError(f"the conv stem has a fixed stride of {CONV_STRIDE}: "
-                             "leave patch_stride at its default")  # fmt: skip
+            raise ValueError(f"the conv stem has a fixed stride of {CONV_STRIDE}: overlapping "
+                             "patches need stem='patch' (--stem patch)")  # fmt: skip
 
 
 @dataclass
@@ -560,10 +565,10 @@ def _restore(
         log(f"nothing to resume in {out}: starting afresh")
         return {"epoch": 0, "step": 0, "best": None, "log": []}
     saved = checkpoint.safe_load(out / "last.pt")
-    known = {f.name for f in fields(TrainConfig)}  # fields added since that run: their defaults
-    then = asdict(
-        TrainConfig(**{k: v for k, v in saved.get("train_config", {}).items() if k in known})
-    )
+    known = {f.name for f in fields(TrainConfig)}
+    # fields added since that run: the behaviour that run had, else today's default
+    then = asdict(TrainConfig(**{**BEFORE_FIELD, **{
+        k: v for k, v in saved.get("train_config", {}).items() if k in known}}))  # fmt: skip
     if then != asdict(cfg) or saved.get("labels") != labels:
         raise TrainingError(f"{out / 'last.pt'}: that run used other settings or data; resume "
                             "it with "
