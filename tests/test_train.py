@@ -27,9 +27,7 @@ def _splits(root):
     return ds, data.make_splits(ds, data.SplitOptions(seed=0, valid_frac=0.15, test_frac=0.15))
 
 
-@pytest.mark.parametrize(
-    "extra", [{"stem": "patch"}, {"ema_epochs": 1.0, "balance_classes": True}]
-)
+@pytest.mark.parametrize("extra", [{"stem": "patch"}, {"ema_epochs": 1.0, "balance_classes": True}])
 def test_resume_reproduces_the_uninterrupted_run(synth_root, tmp_path, monkeypatch, extra):
     cfg = TrainConfig(**{**FAST, "epochs": 4, **extra}, cache_dir=str(tmp_path / "cache"))
     ds, splits = _splits(synth_root)
