@@ -83,9 +83,11 @@ def write_results(rows: dict) -> None:
     path.write_text(json.dumps(rows, indent=2) + "\n")
     lines = ["# Ablations (one change to the defaults per row)", "",
              "Each row: `python benchmarks/ablate.py PROTOCOL --folds ... --set FIELD=VALUE`, a "
-             "single run, seed 0 unless the change names another. A row's change is against the defaults when it ran: "
-             "benchmarks/NOTES.md says which rows ran before class balancing became automatic "
-             "(their reference is 'defaults before this change set').", "",
+             "single run, seed 0 unless the change names another. A row's change is against "
+             "today's defaults: rows run while the linear patch embedding was the default carry "
+             "`stem=patch` (those without a change were the benchmark's own rows then); the "
+             "'defaults before this change set' rows ran before class balancing became automatic "
+             "(benchmarks/NOTES.md).", "",
              "| protocol | folds | change | accuracy | balanced acc. | macro-F1 | test clips | "
              "train time |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     everything = [*rows.values(), *reference_rows(rows)]

@@ -26,6 +26,7 @@ from audiovit import checkpoint
 from audiovit.features import FeatureConfig, file_log_mel
 from audiovit.inference import frame_windows, load_model
 from audiovit.model import ModelConfig, ViT
+from audiovit.train import TrainConfig
 
 
 def ms(fn, repeats: int = 20) -> float:
@@ -52,7 +53,8 @@ def main() -> None:
     x = np.random.default_rng(0).standard_normal(22050 * 30).astype(np.float32) * 0.1
     sf.write(wav, x, 22050)
     fcfg = FeatureConfig(n_mels=64)
-    model = ViT(ModelConfig.from_preset("tiny", n_classes=10, n_mels=64, n_frames=304))
+    model = ViT(ModelConfig.from_preset("tiny", n_classes=10, n_mels=64, n_frames=304,
+                                        stem=TrainConfig().stem))  # fmt: skip
     checkpoint.save_model(tmp / "model.pt", model, fcfg, [str(i) for i in range(10)])
     clf = load_model(tmp / "model.pt", device="cpu")
     bf16 = clf.amp

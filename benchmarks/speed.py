@@ -194,8 +194,8 @@ def bench_training(repeats: int, quick: bool, device: torch.device = CPU) -> dic
     rows = {}
     batch = 256 if gpu else 16
     for preset in ["tiny"] if quick else list(PRESETS):
-        model = ViT(ModelConfig.from_preset(preset, n_classes=10, n_mels=DEFAULTS.n_mels,
-                                            n_frames=CROP, pool="mean")).to(device)  # fmt: skip
+        model = ViT(ModelConfig.from_preset(preset, n_classes=10, n_mels=DEFAULTS.n_mels, n_frames=CROP,
+                                            stem=DEFAULTS.stem, pool=DEFAULTS.pool)).to(device)  # fmt: skip
         flops = train_flops(model, batch)
         variants = [("fp32", None, False), ("bf16", bf16, False)]
         if preset == "tiny" and not gpu:
@@ -222,7 +222,9 @@ def bench_training(repeats: int, quick: bool, device: torch.device = CPU) -> dic
 def bench_prediction(tmp: Path, clips: list[Path], repeats: int, quick: bool) -> dict:
     import librosa
 
-    mcfg = ModelConfig.from_preset("tiny", n_classes=10, n_mels=DEFAULTS.n_mels, n_frames=CROP)
+    mcfg = ModelConfig.from_preset(
+        "tiny", n_classes=10, n_mels=DEFAULTS.n_mels, n_frames=CROP, stem=DEFAULTS.stem
+    )
     fcfg = FeatureConfig(n_mels=DEFAULTS.n_mels)
     checkpoint.save_model(tmp / "model.pt", ViT(mcfg), fcfg, [str(i) for i in range(10)])
     export_onnx(tmp / "model.pt", tmp / "model.onnx")
@@ -284,7 +286,9 @@ def bench_prediction_gpu(tmp: Path, clips: list[Path], repeats: int, device) -> 
     fcfg = FeatureConfig(n_mels=DEFAULTS.n_mels)
     rows = {}
     for preset in PRESETS:
-        mcfg = ModelConfig.from_preset(preset, n_classes=10, n_mels=DEFAULTS.n_mels, n_frames=CROP)
+        mcfg = ModelConfig.from_preset(
+            preset, n_classes=10, n_mels=DEFAULTS.n_mels, n_frames=CROP, stem=DEFAULTS.stem
+        )
         checkpoint.save_model(tmp / f"{preset}.pt", ViT(mcfg), fcfg, [str(i) for i in range(10)])
         clf = load_model(tmp / f"{preset}.pt", device=str(device))
         one = median_time(lambda clf=clf: clf.predict(clips[0]), repeats)
