@@ -25,7 +25,8 @@ TRAIN_HELP = {
     "ema_epochs": "validate and save an EMA of the weights over about this many epochs; 0 = off",
     "device": "auto (CUDA when present), cpu, cuda, cuda:1, ...",
     "amp": "bf16 autocast where the hardware supports it",
-    "init": "start from an ImageNet ViT/DeiT checkpoint in timm's layout (.safetensors/.pth)",
+    "init": "start from an ImageNet ViT/DeiT checkpoint in timm's layout (.safetensors/.pth); "
+    "with --stem patch the patch embedding is loaded too",
     "cache_dir": "feature cache folder (default: $AUDIOVIT_CACHE or ~/.cache/audiovit)",
 }
 

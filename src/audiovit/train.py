@@ -530,7 +530,9 @@ def _build_model(
     model = ViT(mcfg)
     if cfg.init:
         missing = load_timm_weights(model, _read_state_dict(cfg.init))
-        log(f"initialised from {cfg.init}; {len(missing)} tensors kept their random init")
+        log(f"initialised from {cfg.init}; {len(missing)} tensors kept their random init"
+            + (" (the conv stem has no ImageNet counterpart: --stem patch loads the patch "
+               "embedding too)" if cfg.stem == "conv" else ""))  # fmt: skip
     return model.to(device)
 
 
