@@ -4,7 +4,7 @@ the default TrainConfig. Rows are merged into benchmarks/results/ablations.{json
     python benchmarks/ablate.py gtzan-artist --folds 1 --set balance_classes=true
     python benchmarks/ablate.py fsdd-speaker --folds theo --set ema_epochs=2 --set epochs=40
     python benchmarks/ablate.py gtzan-artist --folds 1                 # the defaults, as reference
-    python benchmarks/ablate.py gtzan-artist --folds 1 --set stem="conv" --set seed=1
+    python benchmarks/ablate.py gtzan-artist --folds 1 --set stem="patch" --set seed=1
 
 Rows that differ only in their seed are also summarised (mean, min-max) in a seed-spread table.
 

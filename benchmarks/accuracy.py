@@ -196,10 +196,12 @@ def _best_epoch(run: Path) -> int | None:
 
 
 def _model(row: dict) -> str:
-    """The preset and schedule, marked where they differ from the defaults."""
+    """The preset, stem and schedule, marked where they differ from the defaults (rows from
+    before the stem field trained the patch embedding)."""
     d, s = TrainConfig(), row["settings"]
-    extra = "" if (s["preset"], s["epochs"]) == (d.preset, d.epochs) else " (not default)"
-    return f"{s['preset']}, {s['epochs']} epochs{extra}"
+    stem = s.get("stem", "patch")
+    same = (s["preset"], stem, s["epochs"]) == (d.preset, d.stem, d.epochs)
+    return f"{s['preset']}, {stem} stem, {s['epochs']} epochs{'' if same else ' (not default)'}"
 
 
 def write_results(rows: dict) -> None:

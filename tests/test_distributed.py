@@ -42,7 +42,8 @@ def _log(run_dir) -> list[dict]:
 def test_two_processes_train_like_one(synth_root, tmp_path):
     # No stochastic depth: its draws depend on how the batch is sliced; everything else
     # (crops, masks, order) is drawn identically for the global batch on every rank.
-    flags = [*fast_flags(epochs=3, batch_size=16), "--drop-path", 0, "--seed", 3]
+    # The patch stem: the conv stem's BatchNorm sees each rank's share of the batch on CPUs.
+    flags = [*fast_flags(epochs=3, batch_size=16), "--drop-path", 0, "--seed", 3, "--stem", "patch"]
     one, two = tmp_path / "one", tmp_path / "two"
     run("train", synth_root, "--out", one, *flags)
     r = torchrun("train", synth_root, "--out", two, *flags)
@@ -60,6 +61,13 @@ def test_two_processes_train_like_one(synth_root, tmp_path):
     m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (one, two))
     assert m1["accuracy"] == m2["accuracy"] and m1["n"] == m2["n"]
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
+
+
+def test_the_default_conv_stem_trains_under_torchrun_on_cpus(synth_root, tmp_path):
+    r = torchrun("train", synth_root, "--out", tmp_path / "run", *fast_flags(epochs=2))
+    assert r.stdout.count("each process's share of the batch") == 1  # said once, by rank 0
+    saved = checkpoint.safe_load(tmp_path / "run" / "model.pt")
+    assert saved["model_config"]["stem"] == "conv" and len(_log(tmp_path / "run")) == 2
 
 
 def test_sharded_predict_merges_in_input_order(trained, synth_root, tmp_path):

@@ -67,7 +67,7 @@ def test_a_run_saved_before_the_stem_field_resumes_as_the_patch_model_it_was(syn
     last = checkpoint.safe_load(tmp_path / "run" / "last.pt")
     del last["train_config"]["stem"]  # as written before the field existed
     checkpoint.atomic_save(last, tmp_path / "run" / "last.pt")
-    with pytest.raises(TrainingError, match="other settings"):  # today's default is conv
+    with pytest.raises(TrainingError, match="--stem patch \\(now conv\\)"):  # today's default
         train(ds, splits, replace(cfg, stem="conv"), tmp_path / "run", resume=True,
               log=lambda *a: None)  # fmt: skip
     logs = []

@@ -447,11 +447,12 @@ def train(
     scored = ema.model if ema else model  # the weights validated and saved
     net = model
     if distributed.active():
-        if cfg.stem == "conv":  # BatchNorm over the whole global batch, as in one process
-            if device.type != "cuda":
-                raise TrainingError("--stem conv under torchrun needs CUDA (SyncBatchNorm); on "
-                                    "CPUs train it in one process")  # fmt: skip
+        if cfg.stem == "conv" and device.type == "cuda":  # BatchNorm over the global batch
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        elif cfg.stem == "conv":  # gloo has no SyncBatchNorm: each rank normalises its share
+            log("the conv stem's BatchNorm normalises each process's share of the batch on "
+                "CPUs (SyncBatchNorm needs CUDA), so results differ slightly from one "
+                "process; --stem patch trains exactly like one process")  # fmt: skip
         net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     # last.pt holds the log of the epochs it has seen; an epoch cut short left no line.
     if main:
@@ -528,6 +529,10 @@ def _build_model(
         stem=cfg.stem,
     )  # fmt: skip
     model = ViT(mcfg)
+    if cfg.stem == "conv" and model.grid == (1, 1):  # BatchNorm of a lone value per example
+        raise TrainingError(f"the conv stem needs crops of more than one 16×16 cell ({fcfg.n_mels} "
+                            f"mel bands × {n_frames} frames here): use more mel bands, a longer "
+                            "--crop-s, or --stem patch")  # fmt: skip
     if cfg.init:
         missing = load_timm_weights(model, _read_state_dict(cfg.init))
         log(f"initialised from {cfg.init}; {len(missing)} tensors kept their random init"
@@ -571,10 +576,13 @@ def _restore(
     # fields added since that run: the behaviour that run had, else today's default
     then = asdict(TrainConfig(**{**BEFORE_FIELD, **{
         k: v for k, v in saved.get("train_config", {}).items() if k in known}}))  # fmt: skip
-    if then != asdict(cfg) or saved.get("labels") != labels:
-        raise TrainingError(f"{out / 'last.pt'}: that run used other settings or data; resume "
-                            "it with "
-                            "the same command, or train into a new --out")  # fmt: skip
+    now = asdict(cfg)
+    if then != now or saved.get("labels") != labels:
+        diff = ", ".join(f"--{k.replace('_', '-')} {then[k]} (now {now[k]})"
+                         for k in now if then[k] != now[k]) or "other classes"  # fmt: skip
+        raise TrainingError(f"{out / 'last.pt'}: that run used other settings or data "
+                            f"({diff}); resume it with the same settings, or train into a new "
+                            "--out")  # fmt: skip
     model.load_state_dict(saved["model"])
     opt.load_state_dict(saved["optimizer"])
     if ema is not None:
