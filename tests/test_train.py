@@ -75,6 +75,16 @@ def test_a_run_saved_before_the_stem_field_resumes_as_the_patch_model_it_was(syn
     assert any("resuming after epoch 1" in line for line in logs)
 
 
+def test_the_conv_stem_refuses_a_single_token_crop():
+    from audiovit.features import FeatureConfig
+    from audiovit.train import _build_model
+
+    args = (FeatureConfig(n_mels=16), 4, 16, "cpu", lambda *a: None)  # 16 bands × 16 frames
+    with pytest.raises(TrainingError, match="--stem patch"):
+        _build_model(TrainConfig(n_mels=16), *args)
+    assert _build_model(TrainConfig(n_mels=16, stem="patch"), *args).grid == (1, 1)
+
+
 def test_bad_choices_fail_before_any_work():
     for bad in ({"stem": "resnet"}, {"norm": "batch"}, {"preset": "huge"}, {"pool": "max"},
                 {"stem": "conv", "patch_stride": 10}):  # fmt: skip
