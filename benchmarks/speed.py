@@ -194,8 +194,9 @@ def bench_training(repeats: int, quick: bool, device: torch.device = CPU) -> dic
     rows = {}
     batch = 256 if gpu else 16
     for preset in ["tiny"] if quick else list(PRESETS):
-        model = ViT(ModelConfig.from_preset(preset, n_classes=10, n_mels=DEFAULTS.n_mels, n_frames=CROP,
-                                            stem=DEFAULTS.stem, pool=DEFAULTS.pool)).to(device)  # fmt: skip
+        mcfg = ModelConfig.from_preset(preset, n_classes=10, n_mels=DEFAULTS.n_mels, n_frames=CROP,
+                                       stem=DEFAULTS.stem, pool=DEFAULTS.pool)  # fmt: skip
+        model = ViT(mcfg).to(device)
         flops = train_flops(model, batch)
         variants = [("fp32", None, False), ("bf16", bf16, False)]
         if preset == "tiny" and not gpu:
