@@ -6,7 +6,11 @@ the default TrainConfig. Rows are merged into benchmarks/results/ablations.{json
     python benchmarks/ablate.py gtzan-artist --folds 1                 # the defaults, as reference
     python benchmarks/ablate.py gtzan-artist --folds 1 --set stem="patch" --set seed=1
 
-Rows that differ only in their seed are also summarised (mean, min-max) in a seed-spread table.
+Rows that differ only in their seed are also summarised (mean, min-max) in a seed-spread table;
+a change run fold by fold over every fold of a protocol scored by its folds' mean (FSDD leave one
+speaker out, e.g. one fold per process on a GPU) is combined into that protocol's headline row.
+
+    python benchmarks/ablate.py --merge other/ablations.json   # rows written on another machine
 
 Settings are TrainConfig field names; values are parsed as JSON (true, 2, 0.3, "cls").
 """
@@ -26,6 +30,9 @@ from audiovit.train import TrainConfig
 
 RESULTS = ROOT / "benchmarks" / "results"
 CURRENT = "defaults (accuracy.json, current)"  # a fold's row of the benchmark, as reference
+# The folds of the protocols whose headline is the mean over folds: runs of single folds that
+# cover them all are combined into the protocol's headline figure.
+ALL_FOLDS = {"fsdd-speaker": ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")}
 
 
 def reference_rows(rows: dict) -> list[dict]:
@@ -77,6 +84,32 @@ def seed_spread(rows: list[dict]) -> list[str]:
             "|---|---|---|---|---|---|---|", *lines]  # fmt: skip
 
 
+def combined_folds(rows: list[dict]) -> list[str]:
+    """Table lines: for each change run one fold at a time over all of ALL_FOLDS[protocol], the
+    mean over folds (what the protocol's headline is) and each fold's accuracy."""
+    groups: dict[tuple, dict[str, dict]] = {}
+    for r in rows:
+        folds = r["only_folds"] or []
+        if r["protocol"] in ALL_FOLDS and len(folds) == 1 and r["change"] != CURRENT:
+            groups.setdefault((r["protocol"], r["change"]), {})[folds[0]] = r
+    lines = []
+    for (proto, change), by_fold in sorted(groups.items()):
+        if set(by_fold) != set(ALL_FOLDS[proto]):
+            continue
+        rs = [by_fold[f] for f in ALL_FOLDS[proto]]
+        mean = lambda k: sum(r[k] for r in rs) / len(rs)  # noqa: E731
+        each = ", ".join(f"{f} {r['accuracy']:.3f}" for f, r in zip(ALL_FOLDS[proto], rs))
+        lines.append(f"| {proto} | {change} | {mean('accuracy'):.3f} | "
+                     f"{mean('balanced_accuracy'):.3f} | {mean('macro_f1'):.3f} | {each} | "
+                     f"{rs[0]['hardware']} |")  # fmt: skip
+    if not lines:
+        return []
+    return ["", "## Changes run one fold at a time, combined", "",
+            "The mean over the protocol's folds (its headline figure) of single-fold rows above.",
+            "", "| protocol | change | accuracy | balanced acc. | macro-F1 | per fold | hardware |",
+            "|---|---|---|---|---|---|---|", *lines]  # fmt: skip
+
+
 def write_results(rows: dict) -> None:
     path = RESULTS / "ablations.json"
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -97,6 +130,7 @@ def write_results(rows: dict) -> None:
         lines.append(f"| {r['protocol']} | {','.join(r['only_folds'] or ['all'])} | {r['change']} | "
                      f"{r['accuracy']:.3f} | {r['balanced_accuracy']:.3f} | {r['macro_f1']:.3f} | "
                      f"{r['n']} | {r['train_s'] / 60:.1f} min |")  # fmt: skip
+    lines += combined_folds(everything)
     lines += seed_spread(everything)
     (RESULTS / "ablations.md").write_text("\n".join(lines) + "\n")
 
@@ -113,11 +147,18 @@ def main(argv=None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     p.add_argument("--cache-dir", default=None)
+    p.add_argument("--merge", nargs="+", type=Path, default=[], metavar="JSON",
+                   help="add the rows of ablations.json files written elsewhere (no training)")  # fmt: skip
     args = p.parse_args(argv)
+    path = RESULTS / "ablations.json"
     if args.protocol is None:
-        path = RESULTS / "ablations.json"
-        write_results(json.loads(path.read_text()) if path.exists() else {})
+        rows = json.loads(path.read_text()) if path.exists() else {}
+        for other in args.merge:
+            rows.update(json.loads(other.read_text()))
+        write_results(rows)
         return 0
+    if args.merge:
+        p.error("--merge takes no protocol")
     change = {}
     for item in args.set:
         key, _, value = item.partition("=")
@@ -135,7 +176,6 @@ def main(argv=None) -> int:
     row = {k: row[k] for k in ("protocol", "accuracy", "balanced_accuracy", "macro_f1", "n",
                                "baseline_accuracy", "train_s", "hardware", "date", "folds")}  # fmt: skip
     row["change"], row["only_folds"] = label, args.folds
-    path = RESULTS / "ablations.json"
     rows = json.loads(path.read_text()) if path.exists() else {}
     rows[f"{args.protocol}|{','.join(args.folds or ['all'])}|{label}"] = row
     write_results(rows)

@@ -1,0 +1,49 @@
+# FSDD leave-one-speaker-out ablations fold by fold, many at once (a GPU machine's spare cores):
+# every (change, fold) is a job running benchmarks/ablate.py in its own copy of benchmarks/ (so
+# their ablations.json files don't race); each job's rows land in $OUT/abl_*.json, to be merged
+# with `python benchmarks/ablate.py --merge $OUT/abl_*.json`.
+#
+#   CHANGES="-|mixup=0.2" DATA=../shared/data bash benchmarks/sweep_folds.sh BUDGET_S JOBS DEVICE [EXTRA]
+#
+# CHANGES: '|'-separated changes ('-' = the defaults; k=v,k=v for several fields); FOLDS: the
+# speakers (default all six); EXTRA: one more k=v for every job. On a lent GPU machine the
+# wheels in .whl/ are installed first (benchmarks/NOTES.md, "GPU").
+BUDGET=${1:-480}; JOBS=${2:-12}; DEV=${3:-cuda}; EXTRA=${4:-}
+T0=$(date +%s)
+if [ -d .whl ] && [ ! -x .venv/bin/python ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD/src
+  PY=python3
+else
+  PY=$PWD/.venv/bin/python; export PYTHONPATH=$PWD/src
+fi
+[ "$DEV" = cuda ] && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 PYTHONWARNINGS=ignore
+OUT=${OUT:-/tmp/sweep_out}; mkdir -p $OUT
+CACHE=/tmp/avcache_sweep; DATA=$(realpath ${DATA:-.gpudata}); REPO=$PWD
+$PY - <<PYEOF
+import time, csv
+from audiovit.features import FeatureCache, LogMel, FeatureConfig
+t=time.time(); rows=list(csv.DictReader(open("$DATA/fsdd/manifest.csv")))
+c=FeatureCache("$CACHE", LogMel(FeatureConfig(sr=16000, n_mels=64)))
+import torch; torch.set_num_threads(8)
+n=sum(1 for _ in c.get_many(["$DATA/fsdd/"+r["path"] for r in rows], workers=8))
+print(f"cache: {n} files in {time.time()-t:.0f} s", flush=True)
+PYEOF
+CHANGES=${CHANGES:-"-|mixup=0.2|freq_mask=0.2,time_mask=0.2|mixup=0.2,freq_mask=0.2,time_mask=0.2|epochs=20|epochs=60"}
+: > /tmp/jobs
+IFS='|' read -ra CH <<< "$CHANGES"
+for c in "${CH[@]}"; do for f in ${FOLDS:-george jackson lucas nicolas theo yweweler}; do echo "$c $f" >> /tmp/jobs; done; done
+job() {
+  c=$1; f=$2; id=$(echo "$c-$f" | sed 's/[,=.]/_/g; s/^-$/defaults/; s/^--/defaults-/'); w=/tmp/w/$id
+  mkdir -p $w && cp -r $REPO/benchmarks $w/ && rm -f $w/benchmarks/results/ablations.json
+  sets="--set device=\"$DEV\""; [ "$c" != "-" ] && for kv in ${c//,/ }; do sets="$sets --set $kv"; done
+  [ -n "$EXTRA" ] && sets="$sets --set $EXTRA"
+  t=$(date +%s)
+  eval $PY $w/benchmarks/ablate.py fsdd-speaker --folds $f $sets --data $DATA --cache-dir $CACHE > $OUT/log_$id.txt 2>&1
+  echo "$id rc=$? $(( $(date +%s) - t )) s $(tail -1 $OUT/log_$id.txt)"
+  cp $w/benchmarks/results/ablations.json $OUT/abl_$id.json 2>/dev/null
+}
+export -f job; export PY DEV EXTRA OUT CACHE DATA REPO
+timeout $(( BUDGET - ($(date +%s) - T0) )) xargs -P $JOBS -L 1 bash -c 'job $0 $1' < /tmp/jobs
+echo "total $(( $(date +%s) - T0 )) s"
