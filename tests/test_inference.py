@@ -49,6 +49,25 @@ def test_predict_file_waveform_and_features_agree(trained, synth_root):
     assert set(d) == {"path", "label", "score", "top_k", "duration_s", "segments"}
 
 
+@pytest.mark.parametrize("hop_s", [None, 0.25])
+def test_clips_scored_together_equal_clips_scored_alone(trained, hop_s):
+    # fp32 and a batch of 2: the 8-batch flush splits the clips' windows across several calls.
+    clf = audiovit.load_model(trained / "model.pt", device="cpu", amp=False, batch_size=2)
+    g = torch.Generator().manual_seed(0)
+    n_mels = clf.feature_cfg.n_mels
+    clips = [
+        torch.randn(n_mels, T, generator=g) * 10 - 40 for T in (5, clf.win, 3 * clf.win + 7, 40, 1)
+    ]
+    together = clf.predict_clips([c.numpy().astype(np.float16) for c in clips], hop_s)
+    alone = []
+    for c in clips:  # by hand: the clip's windows, each scored, then their mean
+        windows, _ = frame_windows(c.half().float(), clf.win, clf.hop_frames(hop_s))
+        alone.append(torch.stack([clf.window_probs(w[None])[0] for w in windows]).mean(dim=0))
+    assert together.shape == (len(clips), len(clf.labels))
+    torch.testing.assert_close(together, torch.stack(alone), atol=1e-5, rtol=1e-5)
+    assert clf.predict_clips([]).shape == (0, len(clf.labels))
+
+
 def test_long_file_is_streamed_in_blocks(trained, tmp_path, monkeypatch):
     from audiovit import audio
 

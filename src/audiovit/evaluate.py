@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
-import torch
 
 from .audio import AudioError
 
@@ -72,21 +71,6 @@ def most_confused(m: dict, k: int = 5) -> list[tuple[str, str, int]]:
     return [(m["labels"][i], m["labels"][j], c) for c, i, j in sorted(off, reverse=True)[:k]]
 
 
-def score_clips(
-    clip_probs: Callable[[torch.Tensor], torch.Tensor],
-    features: Sequence[np.ndarray],
-    targets: Sequence[int],
-    labels: Sequence[str],
-) -> tuple[dict, np.ndarray]:
-    """Score whole clips: ``clip_probs`` maps a log-mel (F, T) to probabilities (C,).
-
-    Returns (metrics, probabilities (N, C)).
-    """
-    probs = np.stack([clip_probs(torch.from_numpy(f.astype(np.float32))).numpy() for f in features])
-    pred = probs.argmax(axis=1) if len(probs) else np.zeros(0, int)
-    return metrics(targets, pred, labels), probs
-
-
 def evaluate_items(clf, items, cache, hop_s: float | None = None) -> tuple[dict, list[str], list]:
     """Score a loaded :class:`~audiovit.inference.Classifier` on labelled items.
 
@@ -109,5 +93,6 @@ def evaluate_items(clf, items, cache, hop_s: float | None = None) -> tuple[dict,
             feats.append(f)
             kept.append(it)
     targets = [index[it.label] for it in kept]
-    m, probs = score_clips(lambda f: clf.predict_features(f, hop_s), feats, targets, clf.labels)
+    probs = clf.predict_clips(feats, hop_s).numpy()
+    m = metrics(targets, probs.argmax(axis=1) if len(probs) else np.zeros(0, int), clf.labels)
     return m, skipped, list(zip(kept, probs))

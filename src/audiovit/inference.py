@@ -265,8 +265,32 @@ class Classifier:
 
     def predict_features(self, feats: torch.Tensor, hop_s: float | None = None) -> torch.Tensor:
         """A whole clip's log-mel (F, T) → its class probabilities (C,), the mean over windows."""
-        windows, _ = frame_windows(feats, self.win, self.hop_frames(hop_s))
-        return self.window_probs(windows).mean(dim=0)
+        return self.predict_clips([feats], hop_s)[0]
+
+    @torch.inference_mode()
+    def predict_clips(
+        self, clips: Iterable[torch.Tensor | np.ndarray], hop_s: float | None = None
+    ) -> torch.Tensor:
+        """Whole clips' log-mels (F, T_i) → probabilities (N, C), each the mean over its clip's
+        windows. Windows of several clips share the model's batches: a validation set of
+        half-second digits is scored in a few batches rather than one call per clip."""
+        hop = self.hop_frames(hop_s)
+        out: list[torch.Tensor] = []
+        pending: list[torch.Tensor] = []  # each clip's windows (W_i, F, win), not yet scored
+
+        def score():
+            probs = self.window_probs(torch.cat(pending))
+            out.extend(p.mean(dim=0) for p in probs.split([len(w) for w in pending]))
+            pending.clear()
+
+        for f in clips:
+            f = torch.from_numpy(f) if isinstance(f, np.ndarray) else f
+            pending.append(frame_windows(f.float(), self.win, hop)[0])
+            if sum(map(len, pending)) >= 8 * self.batch_size:  # a few full batches at a time
+                score()
+        if pending:
+            score()
+        return torch.stack(out) if out else torch.zeros(0, len(self.labels))
 
     def make_prediction(
         self, starts, probs: torch.Tensor, duration_s: float, top_k: int, path

@@ -68,7 +68,9 @@ class TrainConfig:
     warmup_epochs: float = 3.0
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
-    mixup: float = 0.0  # Beta(α, α) mixing of pairs in a batch; 0 turns it off
+    # Beta(α, α) mixing of pairs in a batch; 0 turns it off. 0.2: FSDD leave-one-speaker-out
+    # 0.778 → 0.831 over its six folds (NOTES.md, "Mixup")
+    mixup: float = 0.2
     grad_clip: float = 1.0  # max global gradient norm
     crop_s: float | None = None  # training window in seconds; None: min(3 s, median clip)
     max_crop_s: float = 3.0
@@ -386,10 +388,7 @@ def validate(clf: Classifier, prep: Prepared, labels, hop_s) -> tuple[dict, floa
     torchrun each rank scores every world_size-th clip and the scores are gathered."""
     clf.model.eval()
     mine = distributed.shard(range(len(prep.feats)))
-    scored = [
-        (i, clf.predict_features(torch.from_numpy(prep.feats[i].astype(np.float32)), hop_s).numpy())
-        for i in mine
-    ]
+    scored = list(zip(mine, clf.predict_clips((prep.feats[i] for i in mine), hop_s).numpy()))
     by_index = dict(pair for part in distributed.all_gather(scored) for pair in part)
     probs = np.stack([by_index[i] for i in range(len(prep.feats))]) if by_index \
         else np.zeros((0, len(labels)), np.float32)  # fmt: skip
