@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from accuracy import PROTOCOLS, ROOT, run_protocol
@@ -37,19 +37,23 @@ ALL_FOLDS = {"fsdd-speaker": ("george", "jackson", "lucas", "nicolas", "theo", "
 
 def reference_rows(rows: dict) -> list[dict]:
     """For single-fold groups without a 'defaults' row: that fold's row of accuracy.json (the
-    same settings and seed, so the same run)."""
+    same settings and seed, so the same run), labelled CURRENT where the benchmark ran today's
+    defaults, else with the settings that differ."""
     path = RESULTS / "accuracy.json"
     bench = json.loads(path.read_text()) if path.exists() else {}
+    today = asdict(TrainConfig())
     have = {(r["protocol"], tuple(r["only_folds"] or ())) for r in rows.values()
             if r["change"] == "defaults"}  # fmt: skip
     out = []
     for proto, folds in {(r["protocol"], tuple(r["only_folds"] or ())) for r in rows.values()}:
         if len(folds) != 1 or (proto, folds) in have or f"{proto}@cpu" not in bench:
             continue
+        then = bench[f"{proto}@cpu"]["settings"]
+        diff = ", ".join(f"{k}={v}" for k, v in then.items() if k in today and today[k] != v)
         for f in bench[f"{proto}@cpu"]["folds"]:
             if f["fold"] == folds[0]:
-                out.append({**f, "protocol": proto, "only_folds": list(folds),
-                            "change": CURRENT})  # fmt: skip
+                out.append({**f, "protocol": proto, "only_folds": list(folds), "reference": True,
+                            "change": f"{diff} (accuracy.json)" if diff else CURRENT})  # fmt: skip
     return out
 
 
@@ -90,7 +94,7 @@ def combined_folds(rows: list[dict]) -> list[str]:
     groups: dict[tuple, dict[str, dict]] = {}
     for r in rows:
         folds = r["only_folds"] or []
-        if r["protocol"] in ALL_FOLDS and len(folds) == 1 and r["change"] != CURRENT:
+        if r["protocol"] in ALL_FOLDS and len(folds) == 1 and not r.get("reference"):
             groups.setdefault((r["protocol"], r["change"]), {})[folds[0]] = r
     lines = []
     for (proto, change), by_fold in sorted(groups.items()):
@@ -118,7 +122,8 @@ def write_results(rows: dict) -> None:
              "Each row: `python benchmarks/ablate.py PROTOCOL --folds ... --set FIELD=VALUE`, a "
              "single run, seed 0 unless the change names another. A row's change is against "
              "today's defaults: rows run while the linear patch embedding was the default carry "
-             "`stem=patch` (those without a change were the benchmark's own rows then); the "
+             "`stem=patch` (those without a change were the benchmark's own rows then), rows run "
+             "before mixup (α = 0.2) became the default carry `mixup=0`; the "
              "'defaults before this change set' rows ran before class balancing became automatic "
              "(benchmarks/NOTES.md).", "",
              "| protocol | folds | change | accuracy | balanced acc. | macro-F1 | test clips | "
@@ -154,7 +159,13 @@ def main(argv=None) -> int:
     if args.protocol is None:
         rows = json.loads(path.read_text()) if path.exists() else {}
         for other in args.merge:
-            rows.update(json.loads(other.read_text()))
+            if not other.is_file():
+                p.error(f"{other}: no such file")
+            for key, row in json.loads(other.read_text()).items():
+                if key in rows and rows[key] != row:
+                    print(f"replaced: {key} (accuracy {rows[key]['accuracy']:.3f} -> "
+                          f"{row['accuracy']:.3f})")  # fmt: skip
+                rows[key] = row
         write_results(rows)
         return 0
     if args.merge:

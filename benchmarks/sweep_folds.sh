@@ -7,7 +7,8 @@
 #
 # CHANGES: '|'-separated changes ('-' = the defaults; k=v,k=v for several fields); FOLDS: the
 # speakers (default all six); EXTRA: one more k=v for every job. On a lent GPU machine the
-# wheels in .whl/ are installed first (benchmarks/NOTES.md, "GPU").
+# wheels in .whl/ (soundfile, soxr and their dependencies, for that machine's Python) are
+# installed first into /tmp/site.
 BUDGET=${1:-480}; JOBS=${2:-12}; DEV=${3:-cuda}; EXTRA=${4:-}
 T0=$(date +%s)
 if [ -d .whl ] && [ ! -x .venv/bin/python ]; then
@@ -30,12 +31,12 @@ import torch; torch.set_num_threads(8)
 n=sum(1 for _ in c.get_many(["$DATA/fsdd/"+r["path"] for r in rows], workers=8))
 print(f"cache: {n} files in {time.time()-t:.0f} s", flush=True)
 PYEOF
-CHANGES=${CHANGES:-"-|mixup=0.2|freq_mask=0.2,time_mask=0.2|mixup=0.2,freq_mask=0.2,time_mask=0.2|epochs=20|epochs=60"}
-: > /tmp/jobs
+CHANGES=${CHANGES:-"-|mixup=0|freq_mask=0.2,time_mask=0.2|epochs=20|epochs=60"}
+WORK=$(mktemp -d); : > $WORK/jobs
 IFS='|' read -ra CH <<< "$CHANGES"
-for c in "${CH[@]}"; do for f in ${FOLDS:-george jackson lucas nicolas theo yweweler}; do echo "$c $f" >> /tmp/jobs; done; done
+for c in "${CH[@]}"; do for f in ${FOLDS:-george jackson lucas nicolas theo yweweler}; do echo "$c $f" >> $WORK/jobs; done; done
 job() {
-  c=$1; f=$2; id=$(echo "$c-$f" | sed 's/[,=.]/_/g; s/^-$/defaults/; s/^--/defaults-/'); w=/tmp/w/$id
+  c=$1; f=$2; id=$(echo "$c-$f" | sed 's/[,=.]/_/g; s/^-$/defaults/; s/^--/defaults-/'); w=$WORK/$id
   mkdir -p $w && cp -r $REPO/benchmarks $w/ && rm -f $w/benchmarks/results/ablations.json
   sets="--set device=\"$DEV\""; [ "$c" != "-" ] && for kv in ${c//,/ }; do sets="$sets --set $kv"; done
   [ -n "$EXTRA" ] && sets="$sets --set $EXTRA"
@@ -44,6 +45,7 @@ job() {
   echo "$id rc=$? $(( $(date +%s) - t )) s $(tail -1 $OUT/log_$id.txt)"
   cp $w/benchmarks/results/ablations.json $OUT/abl_$id.json 2>/dev/null
 }
-export -f job; export PY DEV EXTRA OUT CACHE DATA REPO
-timeout $(( BUDGET - ($(date +%s) - T0) )) xargs -P $JOBS -L 1 bash -c 'job $0 $1' < /tmp/jobs
+export -f job; export PY DEV EXTRA OUT CACHE DATA REPO WORK
+LEFT=$(( BUDGET - ($(date +%s) - T0) )); [ $LEFT -lt 1 ] && LEFT=1
+timeout $LEFT xargs -P $JOBS -L 1 bash -c 'job $0 $1' < $WORK/jobs
 echo "total $(( $(date +%s) - T0 )) s"

@@ -51,12 +51,13 @@ def test_predict_file_waveform_and_features_agree(trained, synth_root):
 
 @pytest.mark.parametrize("hop_s", [None, 0.25])
 def test_clips_scored_together_equal_clips_scored_alone(trained, hop_s):
-    # fp32 and a batch of 2: the 8-batch flush splits the clips' windows across several calls.
-    clf = audiovit.load_model(trained / "model.pt", device="cpu", amp=False, batch_size=2)
+    # fp32, a batch of 1 and the clips twice: the flush at 8 windows falls between clips.
+    clf = audiovit.load_model(trained / "model.pt", device="cpu", amp=False, batch_size=1)
     g = torch.Generator().manual_seed(0)
     n_mels = clf.feature_cfg.n_mels
     clips = [
-        torch.randn(n_mels, T, generator=g) * 10 - 40 for T in (5, clf.win, 3 * clf.win + 7, 40, 1)
+        torch.randn(n_mels, T, generator=g) * 10 - 40
+        for T in (5, clf.win, 3 * clf.win + 7, 40, 1) * 2
     ]
     together = clf.predict_clips([c.numpy().astype(np.float16) for c in clips], hop_s)
     alone = []

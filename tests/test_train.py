@@ -67,8 +67,11 @@ def test_a_run_saved_before_the_stem_field_resumes_as_the_patch_model_it_was(syn
     last = checkpoint.safe_load(tmp_path / "run" / "last.pt")
     del last["train_config"]["stem"]  # as written before the field existed
     checkpoint.atomic_save(last, tmp_path / "run" / "last.pt")
-    with pytest.raises(TrainingError, match="--stem patch \\(now conv\\)"):  # today's default
+    with pytest.raises(TrainingError, match="--stem patch \\(now conv, the earlier default\\)"):
         train(ds, splits, replace(cfg, stem="conv"), tmp_path / "run", resume=True,
+              log=lambda *a: None)  # fmt: skip
+    with pytest.raises(TrainingError, match="--mixup 0.2 \\(now 0.5\\)"):  # not a default
+        train(ds, splits, replace(cfg, mixup=0.5), tmp_path / "run", resume=True,
               log=lambda *a: None)  # fmt: skip
     logs = []
     train(ds, splits, cfg, tmp_path / "run", resume=True, log=logs.append)  # loads the weights

@@ -17,7 +17,7 @@ TRAIN_HELP = {
     "epochs": "passes over the training clips (1-5 random crops of each per pass, by clip length)",
     "lr": "peak AdamW learning rate",
     "crop_s": "training window in seconds (default: min(max-crop-s, median clip length))",
-    "mixup": "mixup Beta(a, a) parameter (default 0.2); 0 = off",
+    "mixup": "mixup Beta(a, a) parameter; 0 = off",
     "patch_stride": "patch stride in bins/frames; < 16 overlaps patches (--stem patch only)",
     "stem": "patch: linear 16x16 patch embedding; conv: four strided 3x3 convolutions",
     "balance_classes": "draw training crops so every class is equally likely (None: when the "

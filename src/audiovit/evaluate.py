@@ -78,7 +78,7 @@ def evaluate_items(clf, items, cache, hop_s: float | None = None) -> tuple[dict,
     Returns (metrics, skipped-file lines, [(item, probabilities (C,))]).
     """
     index = {lb: i for i, lb in enumerate(clf.labels)}
-    skipped, kept, feats = [], [], []
+    skipped, kept = [], []
     unknown = sorted({it.label for it in items} - set(index))
     if unknown:
         skipped.append(
@@ -86,13 +86,16 @@ def evaluate_items(clf, items, cache, hop_s: float | None = None) -> tuple[dict,
             f"know: {', '.join(unknown)}"
         )
     known = [it for it in items if it.label in index]
-    for it, f in zip(known, cache.get_many(it.path for it in known), strict=True):
-        if isinstance(f, AudioError):
-            skipped.append(str(f))
-        else:
-            feats.append(f)
-            kept.append(it)
+
+    def usable():  # decoded as they are scored: a folder of hour-long files is never all in memory
+        for it, f in zip(known, cache.get_many(it.path for it in known), strict=True):
+            if isinstance(f, AudioError):
+                skipped.append(str(f))
+            else:
+                kept.append(it)
+                yield f
+
+    probs = clf.predict_clips(usable(), hop_s).numpy()
     targets = [index[it.label] for it in kept]
-    probs = clf.predict_clips(feats, hop_s).numpy()
     m = metrics(targets, probs.argmax(axis=1) if len(probs) else np.zeros(0, int), clf.labels)
     return m, skipped, list(zip(kept, probs))

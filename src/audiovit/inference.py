@@ -279,7 +279,7 @@ class Classifier:
         pending: list[torch.Tensor] = []  # each clip's windows (W_i, F, win), not yet scored
 
         def score():
-            probs = self.window_probs(torch.cat(pending))
+            probs = self.window_probs(pending[0] if len(pending) == 1 else torch.cat(pending))
             out.extend(p.mean(dim=0) for p in probs.split([len(w) for w in pending]))
             pending.clear()
 

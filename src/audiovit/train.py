@@ -52,6 +52,8 @@ IMBALANCE = 1.5  # largest / smallest class above which training draws classes e
 # TrainConfig fields whose default changed, with the value a run saved before the field existed
 # had (its last.pt has no entry for them); resuming such a run must rebuild the same model
 BEFORE_FIELD = {"stem": "patch"}
+# Defaults changed since runs were saved, with the earlier value (named when a resume is refused)
+EARLIER_DEFAULT = {"stem": "patch", "mixup": 0.0}
 
 
 class TrainingError(Exception):
@@ -577,7 +579,8 @@ def _restore(
         k: v for k, v in saved.get("train_config", {}).items() if k in known}}))  # fmt: skip
     now = asdict(cfg)
     if then != now or saved.get("labels") != labels:
-        diff = ", ".join(f"--{k.replace('_', '-')} {then[k]} (now {now[k]})"
+        earlier = lambda k: ", the earlier default" if EARLIER_DEFAULT.get(k) == then[k] else ""  # noqa: E731
+        diff = ", ".join(f"--{k.replace('_', '-')} {then[k]} (now {now[k]}{earlier(k)})"
                          for k in now if then[k] != now[k]) or "other classes"  # fmt: skip
         raise TrainingError(f"{out / 'last.pt'}: that run used other settings or data "
                             f"({diff}); resume it with the same settings, or train into a new "
