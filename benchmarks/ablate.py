@@ -11,6 +11,8 @@ a change run fold by fold over every fold of a protocol scored by its folds' mea
 speaker out, e.g. one fold per process on a GPU) is combined into that protocol's headline row.
 
     python benchmarks/ablate.py --merge other/ablations.json   # rows written on another machine
+    python benchmarks/ablate.py --from-benchmark old/accuracy.json  # a whole accuracy.py run with
+                                        # other settings: one row per protocol, labelled by them
 
 Settings are TrainConfig field names; values are parsed as JSON (true, 2, 0.3, "cls").
 """
@@ -29,10 +31,32 @@ from audiovit.features import default_cache_dir
 from audiovit.train import TrainConfig
 
 RESULTS = ROOT / "benchmarks" / "results"
+ROW_FIELDS = ("protocol", "accuracy", "balanced_accuracy", "macro_f1", "n", "baseline_accuracy",
+              "train_s", "hardware", "date", "folds")  # what a row keeps of run_protocol's result  # fmt: skip
 CURRENT = "defaults (accuracy.json, current)"  # a fold's row of the benchmark, as reference
 # The folds of the protocols whose headline is the mean over folds: runs of single folds that
 # cover them all are combined into the protocol's headline figure.
 ALL_FOLDS = {"fsdd-speaker": ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")}
+
+
+def settings_change(settings: dict) -> str:
+    """The settings of a run that differ from today's defaults, as FIELD=VALUE, ... ('' if none)."""
+    today = asdict(TrainConfig())
+    return ", ".join(f"{k}={v}" for k, v in settings.items() if k in today and today[k] != v)
+
+
+def benchmark_rows(bench: dict) -> dict:
+    """accuracy.json's CPU rows as ablation rows (all folds), each labelled by the settings it
+    ran with that differ from today's defaults; rows of today's defaults are left out."""
+    out = {}
+    for key, r in bench.items():
+        change = settings_change(r["settings"])
+        if not key.endswith("@cpu") or not change:
+            continue
+        row = {k: r[k] for k in ROW_FIELDS}
+        row["change"], row["only_folds"] = change, None
+        out[f"{r['protocol']}|all|{change}"] = row
+    return out
 
 
 def reference_rows(rows: dict) -> list[dict]:
@@ -41,15 +65,13 @@ def reference_rows(rows: dict) -> list[dict]:
     defaults, else with the settings that differ."""
     path = RESULTS / "accuracy.json"
     bench = json.loads(path.read_text()) if path.exists() else {}
-    today = asdict(TrainConfig())
     have = {(r["protocol"], tuple(r["only_folds"] or ())) for r in rows.values()
             if r["change"] == "defaults"}  # fmt: skip
     out = []
     for proto, folds in {(r["protocol"], tuple(r["only_folds"] or ())) for r in rows.values()}:
         if len(folds) != 1 or (proto, folds) in have or f"{proto}@cpu" not in bench:
             continue
-        then = bench[f"{proto}@cpu"]["settings"]
-        diff = ", ".join(f"{k}={v}" for k, v in then.items() if k in today and today[k] != v)
+        diff = settings_change(bench[f"{proto}@cpu"]["settings"])
         for f in bench[f"{proto}@cpu"]["folds"]:
             if f["fold"] == folds[0]:
                 out.append({**f, "protocol": proto, "only_folds": list(folds), "reference": True,
@@ -122,8 +144,7 @@ def write_results(rows: dict) -> None:
              "Each row: `python benchmarks/ablate.py PROTOCOL --folds ... --set FIELD=VALUE`, a "
              "single run, seed 0 unless the change names another. A row's change is against "
              "today's defaults: rows run while the linear patch embedding was the default carry "
-             "`stem=patch` (those without a change were the benchmark's own rows then), rows run "
-             "before mixup (α = 0.2) became the default carry `mixup=0`; the "
+             "`stem=patch` (those without a change were the benchmark's own rows then); the "
              "'defaults before this change set' rows ran before class balancing became automatic "
              "(benchmarks/NOTES.md).", "",
              "| protocol | folds | change | accuracy | balanced acc. | macro-F1 | test clips | "
@@ -154,22 +175,28 @@ def main(argv=None) -> int:
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--merge", nargs="+", type=Path, default=[], metavar="JSON",
                    help="add the rows of ablations.json files written elsewhere (no training)")  # fmt: skip
+    p.add_argument("--from-benchmark", type=Path, metavar="JSON",
+                   help="add an accuracy.json's CPU rows run with settings other than today's")  # fmt: skip
     args = p.parse_args(argv)
     path = RESULTS / "ablations.json"
     if args.protocol is None:
         rows = json.loads(path.read_text()) if path.exists() else {}
-        for other in args.merge:
-            if not other.is_file():
+        others = [(o, json.loads(o.read_text()) if o.is_file() else None) for o in args.merge]
+        if args.from_benchmark:
+            b = args.from_benchmark
+            others.append((b, benchmark_rows(json.loads(b.read_text())) if b.is_file() else None))
+        for other, new in others:
+            if new is None:
                 p.error(f"{other}: no such file")
-            for key, row in json.loads(other.read_text()).items():
+            for key, row in new.items():
                 if key in rows and rows[key] != row:
                     print(f"replaced: {key} (accuracy {rows[key]['accuracy']:.3f} -> "
                           f"{row['accuracy']:.3f})")  # fmt: skip
                 rows[key] = row
         write_results(rows)
         return 0
-    if args.merge:
-        p.error("--merge takes no protocol")
+    if args.merge or args.from_benchmark:
+        p.error("--merge and --from-benchmark take no protocol")
     change = {}
     for item in args.set:
         key, _, value = item.partition("=")
@@ -184,8 +211,7 @@ def main(argv=None) -> int:
     run_args = argparse.Namespace(data=args.data, resume=False,
                                   runs=ROOT / "runs" / "ablations" / label.replace(" ", ""))  # fmt: skip
     row = run_protocol(args.protocol, run_args, cfg, only=args.folds)
-    row = {k: row[k] for k in ("protocol", "accuracy", "balanced_accuracy", "macro_f1", "n",
-                               "baseline_accuracy", "train_s", "hardware", "date", "folds")}  # fmt: skip
+    row = {k: row[k] for k in ROW_FIELDS}
     row["change"], row["only_folds"] = label, args.folds
     rows = json.loads(path.read_text()) if path.exists() else {}
     rows[f"{args.protocol}|{','.join(args.folds or ['all'])}|{label}"] = row

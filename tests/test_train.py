@@ -70,7 +70,7 @@ def test_a_run_saved_before_the_stem_field_resumes_as_the_patch_model_it_was(syn
     with pytest.raises(TrainingError, match="--stem patch \\(now conv, the earlier default\\)"):
         train(ds, splits, replace(cfg, stem="conv"), tmp_path / "run", resume=True,
               log=lambda *a: None)  # fmt: skip
-    with pytest.raises(TrainingError, match="--mixup 0.2 \\(now 0.5\\)"):  # not a default
+    with pytest.raises(TrainingError, match="--mixup 0.0 \\(now 0.5\\)"):  # not a default
         train(ds, splits, replace(cfg, mixup=0.5), tmp_path / "run", resume=True,
               log=lambda *a: None)  # fmt: skip
     logs = []
