@@ -49,11 +49,10 @@ from .progress import Progress
 MAX_BAD_STEPS = 10  # consecutive non-finite losses before the run is stopped
 MAX_CROPS_PER_CLIP = 5  # 30 s clips: 5 random 3 s crops per epoch
 IMBALANCE = 1.5  # largest / smallest class above which training draws classes equally often
-# TrainConfig fields whose default changed, with the value a run saved before the field existed
-# had (its last.pt has no entry for them); resuming such a run must rebuild the same model
+# TrainConfig fields whose default changed, with the earlier default: the value a run saved
+# before the field existed had (its last.pt has no entry for them), so resuming such a run
+# rebuilds the same model; a refused resume names it
 BEFORE_FIELD = {"stem": "patch"}
-# Defaults changed since runs were saved, with the earlier value (named when a resume is refused)
-EARLIER_DEFAULT = {"stem": "patch"}
 
 
 class TrainingError(Exception):
@@ -580,7 +579,7 @@ def _restore(
         k: v for k, v in saved.get("train_config", {}).items() if k in known}}))  # fmt: skip
     now = asdict(cfg)
     if then != now or saved.get("labels") != labels:
-        earlier = lambda k: ", the earlier default" if EARLIER_DEFAULT.get(k) == then[k] else ""  # noqa: E731
+        earlier = lambda k: ", the earlier default" if BEFORE_FIELD.get(k) == then[k] else ""  # noqa: E731
         diff = ", ".join(f"--{k.replace('_', '-')} {then[k]} (now {now[k]}{earlier(k)})"
                          for k in now if then[k] != now[k]) or "other classes"  # fmt: skip
         raise TrainingError(f"{out / 'last.pt'}: that run used other settings or data "
