@@ -1,7 +1,9 @@
 # FSDD leave-one-speaker-out ablations fold by fold, many at once (a GPU machine's spare cores):
 # every (change, fold) is a job running benchmarks/ablate.py in its own copy of benchmarks/ (so
-# their ablations.json files don't race); each job's rows land in $OUT/abl_*.json, to be merged
-# with `python benchmarks/ablate.py --merge $OUT/abl_*.json`.
+# their ablations.json files don't race). When the jobs end (or BUDGET_S runs out: keep it under
+# the machine's own time limit) their rows are merged into $OUT/ablations.json and their output
+# into $OUT/sweep.log — two files, as a lent GPU machine returns only a few — to be added here
+# with `python benchmarks/ablate.py --merge $OUT/ablations.json`.
 #
 #   CHANGES="-|mixup=0.2" DATA=../shared/data bash benchmarks/sweep_folds.sh BUDGET_S JOBS DEVICE [EXTRA]
 #
@@ -41,11 +43,22 @@ job() {
   sets="--set device=\"$DEV\""; [ "$c" != "-" ] && for kv in ${c//,/ }; do sets="$sets --set $kv"; done
   [ -n "$EXTRA" ] && sets="$sets --set $EXTRA"
   t=$(date +%s)
-  eval $PY $w/benchmarks/ablate.py fsdd-speaker --folds $f $sets --data $DATA --cache-dir $CACHE > $OUT/log_$id.txt 2>&1
-  echo "$id rc=$? $(( $(date +%s) - t )) s $(tail -1 $OUT/log_$id.txt)"
-  cp $w/benchmarks/results/ablations.json $OUT/abl_$id.json 2>/dev/null
+  eval $PY $w/benchmarks/ablate.py fsdd-speaker --folds $f $sets --data $DATA --cache-dir $CACHE > $w/log.txt 2>&1
+  echo "$id rc=$? $(( $(date +%s) - t )) s $(tail -1 $w/log.txt)"
 }
 export -f job; export PY DEV EXTRA OUT CACHE DATA REPO WORK
 LEFT=$(( BUDGET - ($(date +%s) - T0) )); [ $LEFT -lt 1 ] && LEFT=1
 timeout $LEFT xargs -P $JOBS -L 1 bash -c 'job $0 $1' < $WORK/jobs
 echo "total $(( $(date +%s) - T0 )) s"
+$PY - "$WORK" "$OUT" <<'PYEOF'
+import glob, json, sys
+work, out = sys.argv[1:]
+rows = {}
+for f in sorted(glob.glob(f"{work}/*/benchmarks/results/ablations.json")):
+    rows.update(json.load(open(f)))
+json.dump(rows, open(f"{out}/ablations.json", "w"), indent=2)
+with open(f"{out}/sweep.log", "w") as log:
+    for f in sorted(glob.glob(f"{work}/*/log.txt")):
+        log.write(f"== {f.split('/')[-2]}\n" + open(f).read()[-4000:] + "\n")
+print(f"{len(rows)} rows in {out}/ablations.json")
+PYEOF
