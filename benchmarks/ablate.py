@@ -181,13 +181,13 @@ def main(argv=None) -> int:
     path = RESULTS / "ablations.json"
     if args.protocol is None:
         rows = json.loads(path.read_text()) if path.exists() else {}
-        others = [(o, json.loads(o.read_text()) if o.is_file() else None) for o in args.merge]
-        if args.from_benchmark:
-            b = args.from_benchmark
-            others.append((b, benchmark_rows(json.loads(b.read_text())) if b.is_file() else None))
-        for other, new in others:
-            if new is None:
-                p.error(f"{other}: no such file")
+        bench = [args.from_benchmark] if args.from_benchmark else []
+        for src in (*args.merge, *bench):
+            if not src.is_file():
+                p.error(f"{src}: no such file")
+        added = [json.loads(src.read_text()) for src in args.merge]
+        added += [benchmark_rows(json.loads(src.read_text())) for src in bench]
+        for new in added:
             for key, row in new.items():
                 if key in rows and rows[key] != row:
                     print(f"replaced: {key} (accuracy {rows[key]['accuracy']:.3f} -> "

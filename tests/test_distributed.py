@@ -16,7 +16,8 @@ from audiovit import checkpoint
 
 # Part of `make test` (~1 min on 2 cores). An early version ended with rank 1 aborted (SIGABRT)
 # in one of six runs; since ranks wait for each other before leaving the process group and DDP is
-# freed first (30abe6c), 12 runs of this file in a row (36 torchrun launches) all passed here (6206702).
+# freed first (30abe6c), 12 runs of this file in a row (36 torchrun launches) all passed here
+# (at 6206702).
 pytestmark = [
     pytest.mark.skipif(
         not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
