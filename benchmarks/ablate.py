@@ -25,14 +25,15 @@ import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from accuracy import PROTOCOLS, ROOT, run_protocol
+from accuracy import PROTOCOLS, ROOT, last_cell, run_protocol
 
 from audiovit.features import default_cache_dir
 from audiovit.train import TrainConfig
 
 RESULTS = ROOT / "benchmarks" / "results"
+# what a row keeps of run_protocol's result (last_accuracy: runs since the seventh session)
 ROW_FIELDS = ("protocol", "accuracy", "balanced_accuracy", "macro_f1", "n", "baseline_accuracy",
-              "train_s", "hardware", "date", "folds")  # what a row keeps of run_protocol's result  # fmt: skip
+              "last_accuracy", "train_s", "hardware", "date", "folds")  # fmt: skip
 CURRENT = "defaults (accuracy.json, current)"  # a fold's row of the benchmark, as reference
 # The folds of the protocols whose headline is the mean over folds: runs of single folds that
 # cover them all are combined into the protocol's headline figure.
@@ -53,7 +54,7 @@ def benchmark_rows(bench: dict) -> dict:
         change = settings_change(r["settings"])
         if not key.endswith("@cpu") or not change:
             continue
-        row = {k: r[k] for k in ROW_FIELDS}
+        row = {k: r[k] for k in ROW_FIELDS if k in r}
         row["change"], row["only_folds"] = change, None
         out[f"{r['protocol']}|all|{change}"] = row
     return out
@@ -146,16 +147,18 @@ def write_results(rows: dict) -> None:
              "today's defaults: rows run while the linear patch embedding was the default carry "
              "`stem=patch` (those without a change were the benchmark's own rows then); the "
              "'defaults before this change set' rows ran before class balancing became automatic "
-             "(benchmarks/NOTES.md).", "",
+             "(benchmarks/NOTES.md). Last epoch: the same run scored with its last epoch's "
+             "weights instead of the best-on-validation epoch's (measured since the seventh "
+             "session).", "",
              "| protocol | folds | change | accuracy | balanced acc. | macro-F1 | test clips | "
-             "train time |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "last epoch | train time |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     everything = [*rows.values(), *reference_rows(rows)]
     for r in sorted(everything,
                     key=lambda r: (r["protocol"], str(r["only_folds"]),
                                                   not r["change"].startswith("defaults"), r["change"])):  # fmt: skip
         lines.append(f"| {r['protocol']} | {','.join(r['only_folds'] or ['all'])} | {r['change']} | "
                      f"{r['accuracy']:.3f} | {r['balanced_accuracy']:.3f} | {r['macro_f1']:.3f} | "
-                     f"{r['n']} | {r['train_s'] / 60:.1f} min |")  # fmt: skip
+                     f"{r['n']} | {last_cell(r)} | {r['train_s'] / 60:.1f} min |")  # fmt: skip
     lines += combined_folds(everything)
     lines += seed_spread(everything)
     (RESULTS / "ablations.md").write_text("\n".join(lines) + "\n")

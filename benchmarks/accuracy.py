@@ -13,7 +13,9 @@ Protocols (the datasets' manifests in ../shared/data encode them; see its README
 
 Each fold trains with ``audiovit.train`` and ``TrainConfig()`` as a new user gets it (validation
 is carved from the training folds, group-aware), and scores the best-on-validation model on the
-held-out fold. Next to every ViT row sits a classical reference measured on the same splits and
+held-out fold. The last epoch's weights are scored on the same fold too ("last epoch" columns):
+the same run under the other selection rule, so the two compare without seed noise. Next to every
+ViT row sits a classical reference measured on the same splits and
 the same log-mels: MFCC statistics (20 coefficients and their deltas, mean and standard
 deviation) → standardisation → an RBF SVM (scikit-learn, a benchmark-only dependency), trained
 on train + valid since it needs no early stopping.
@@ -39,8 +41,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from audiovit import data, evaluate
+from audiovit import checkpoint, data, evaluate
 from audiovit.features import FeatureCache, FeatureConfig, LogMel, default_cache_dir
+from audiovit.inference import Classifier
 from audiovit.model import resolve_device
 from audiovit.train import TrainConfig, train
 
@@ -101,6 +104,20 @@ def read_predictions(run: Path) -> tuple[list[str], list[str]]:
     return [r["label"] for r in rows], [r["predicted"] for r in rows]
 
 
+def last_epoch_predictions(
+    run: Path, test: list[data.Item], cache: FeatureCache, cfg: TrainConfig
+) -> tuple[list[str], list[str]]:
+    """(true labels, predicted labels) on ``test`` from the run's last epoch (last.pt; its
+    averaged weights where the run kept an EMA) rather than the best-on-validation model.pt."""
+    device = resolve_device(cfg.device)
+    model, fcfg, labels, _ = checkpoint.load_model(run / "model.pt", device)
+    state = checkpoint.safe_load(run / "last.pt")
+    model.load_state_dict(state["ema"] if "ema" in state else state["model"])
+    clf = Classifier(model, fcfg, labels, device=device)
+    _, _, scored = evaluate.evaluate_items(clf, test, cache, cfg.eval_hop_s)
+    return [it.label for it, _ in scored], [labels[int(p.argmax())] for _, p in scored]
+
+
 def scores(true: list[str], pred: list[str], labels: list[str]) -> dict:
     index = {lb: i for i, lb in enumerate(labels)}
     m = evaluate.metrics([index[t] for t in true], [index[p] for p in pred], labels)
@@ -144,7 +161,7 @@ def run_protocol(name: str, args, cfg: TrainConfig, only: list[str] | None = Non
     ds = data.load_dataset(args.data / proto.manifest)
     labels = ds.labels
     cache = FeatureCache(cfg.cache_dir, LogMel(FeatureConfig(sr=cfg.sr, n_mels=cfg.n_mels)))
-    folds, all_true, all_pred, base_true, base_pred = [], [], [], [], []
+    folds, all_true, all_pred, base_true, base_pred, last_true, last_pred = ([] for _ in range(7))
     t_protocol = time.perf_counter()
     for fold, splits in fold_splits(ds, proto):
         if only is not None and fold not in only:
@@ -161,27 +178,35 @@ def run_protocol(name: str, args, cfg: TrainConfig, only: list[str] | None = Non
         true, pred = read_predictions(run)
         all_true += true
         all_pred += pred
+        lt, lp = last_epoch_predictions(run, splits.test, cache, cfg)
+        last_true += lt
+        last_pred += lp
         bt, bp = run_baseline(splits, cache)
         base_true += bt
         base_pred += bp
         folds.append({"fold": fold, **scores(true, pred, labels),
                       "baseline_accuracy": scores(bt, bp, labels)["accuracy"],
+                      "last_accuracy": scores(lt, lp, labels)["accuracy"],
                       "train_s": round(sum(r["epoch_s"] for r in log), 1),
                       "wall_s": round(wall, 1), "best_epoch": _best_epoch(run)})  # fmt: skip
-        print(f"fold {fold}: accuracy {folds[-1]['accuracy']:.4f} "
-              f"(MFCC+SVM {folds[-1]['baseline_accuracy']:.4f})", flush=True)  # fmt: skip
+        print(f"fold {fold}: accuracy {folds[-1]['accuracy']:.4f} (last epoch "
+              f"{folds[-1]['last_accuracy']:.4f}, MFCC+SVM {folds[-1]['baseline_accuracy']:.4f})",
+              flush=True)  # fmt: skip
     if proto.headline == "mean":
         head = {k: statistics.mean(f[k] for f in folds)
                 for k in ("accuracy", "balanced_accuracy", "macro_f1")}  # fmt: skip
         head["n"] = sum(f["n"] for f in folds)
         base = statistics.mean(f["baseline_accuracy"] for f in folds)
+        last = statistics.mean(f["last_accuracy"] for f in folds)
     else:  # single fold or pooled over every test prediction: the same computation
         head = scores(all_true, all_pred, labels)
         base = scores(base_true, base_pred, labels)["accuracy"]
+        last = scores(last_true, last_pred, labels)["accuracy"]
     device = resolve_device(cfg.device)
     return {
         "protocol": name, "dataset": proto.dataset, "description": proto.description,
-        "target": proto.target, **head, "baseline_accuracy": base, "folds": folds,
+        "target": proto.target, **head, "baseline_accuracy": base, "last_accuracy": last,
+        "folds": folds,
         "train_s": round(sum(f["train_s"] for f in folds), 1),
         "wall_s": round(time.perf_counter() - t_protocol, 1),
         "hardware": hardware(device), "device": device.type,
@@ -204,6 +229,11 @@ def _model(row: dict) -> str:
     return f"{s['preset']}, {stem} stem, {s['epochs']} epochs{'' if same else ' (not default)'}"
 
 
+def last_cell(row: dict) -> str:
+    """The last epoch's accuracy; rows from before it was measured have none."""
+    return f"{row['last_accuracy']:.3f}" if "last_accuracy" in row else "—"
+
+
 def write_results(rows: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "accuracy.json").write_text(json.dumps(rows, indent=2) + "\n")
@@ -212,11 +242,13 @@ def write_results(rows: dict) -> None:
     lines = [
         "# Accuracy (default settings, no tuning flags)", "",
         "Written by `python benchmarks/accuracy.py`; each row's own command, date and hardware "
-        "are in accuracy.json. MFCC+SVM: the classical reference on the same splits and log-mels.",
+        "are in accuracy.json. MFCC+SVM: the classical reference on the same splits and log-mels. "
+        "Last epoch: the same runs scored with their last epoch's weights instead of the "
+        "best-on-validation epoch's.",
         "",
         "| dataset | protocol | model | accuracy | balanced acc. | macro-F1 | test clips | target | "
-        "MFCC+SVM | train time | hardware | date |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "MFCC+SVM | last epoch | train time | hardware | date |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for r in rs:
         met = (
@@ -227,18 +259,19 @@ def write_results(rows: dict) -> None:
         lines.append(
             f"| {r['dataset']} | {r['description']} | {_model(r)} | **{r['accuracy']:.3f}** | "
             f"{r['balanced_accuracy']:.3f} | {r['macro_f1']:.3f} | {r['n']} | "
-            f"{r['target']:.2f} ({met}) | {r['baseline_accuracy']:.3f} | "
+            f"{r['target']:.2f} ({met}) | {r['baseline_accuracy']:.3f} | {last_cell(r)} | "
             f"{r['train_s'] / 60:.1f} min | {r['hardware']} | {r['date']} |"
         )
     lines += ["", "## Per fold", "",
               "| protocol | fold | accuracy | balanced acc. | macro-F1 | test clips | MFCC+SVM | "
-              "best epoch | train time |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+              "best epoch | last epoch | train time |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rs:
         for f in r["folds"]:
             lines.append(
                 f"| {r['protocol']} ({r['device']}, {_model(r)}) | {f['fold']} | {f['accuracy']:.3f} | "
                 f"{f['balanced_accuracy']:.3f} | {f['macro_f1']:.3f} | {f['n']} | "
-                f"{f['baseline_accuracy']:.3f} | {f['best_epoch']} | {f['train_s'] / 60:.1f} min |"
+                f"{f['baseline_accuracy']:.3f} | {f['best_epoch']} | {last_cell(f)} | "
+                f"{f['train_s'] / 60:.1f} min |"
             )
     settings = {json.dumps(r["settings"], sort_keys=True) for r in rs}
     lines += ["", "## Settings", ""]

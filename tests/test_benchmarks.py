@@ -1,14 +1,23 @@
-"""The benchmarks' own arithmetic: the MFCC + SVM reference's features equal librosa's."""
+"""The benchmarks' own arithmetic: the MFCC + SVM reference's features equal librosa's, and the
+last-epoch column scores the same pipeline as the run's own predictions."""
 
+import argparse
+import csv
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 librosa = pytest.importorskip("librosa")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import accuracy  # noqa: E402
 from accuracy import mfcc_stats  # noqa: E402
+
+from audiovit import checkpoint  # noqa: E402
+from audiovit.train import TrainConfig  # noqa: E402
+from conftest import FAST  # noqa: E402
 
 
 @pytest.mark.parametrize("frames", [2, 3, 8, 9, 301])
@@ -19,3 +28,39 @@ def test_mfcc_statistics_equal_librosas(frames):
     delta = librosa.feature.delta(mfcc, width=width) if width >= 3 else np.zeros_like(mfcc)
     want = np.concatenate([mfcc.mean(1), mfcc.std(1), delta.mean(1), delta.std(1)])
     np.testing.assert_allclose(mfcc_stats(S), want, rtol=1e-5, atol=1e-4)
+
+
+def test_last_epoch_column_scores_last_pt_like_the_run_scores_its_model(
+    synth_root, tmp_path, monkeypatch
+):
+    """After one epoch the last epoch is the chosen one, so scoring last.pt must give the run's
+    own test predictions, clip for clip; other weights in last.pt must change them."""
+    with open(tmp_path / "manifest.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "fold"])
+        for i, wav in enumerate(sorted(synth_root.glob("*/*.wav"))):
+            w.writerow([wav, wav.parent.name, i % 2])
+    proto = accuracy.Protocol("synth", "two folds", "manifest.csv", "all", "pooled", 0.5)
+    monkeypatch.setitem(accuracy.PROTOCOLS, "synth", proto)
+    cfg = TrainConfig(**{**FAST, "epochs": 1}, cache_dir=str(tmp_path / "cache"))
+    args = argparse.Namespace(data=tmp_path, runs=tmp_path / "runs", resume=False)
+    row = accuracy.run_protocol("synth", args, cfg)
+    assert [f["fold"] for f in row["folds"]] == ["0", "1"]
+    ds = accuracy.data.load_dataset(tmp_path / "manifest.csv")
+    cache = accuracy.FeatureCache(
+        cfg.cache_dir, accuracy.LogMel(accuracy.FeatureConfig(sr=cfg.sr, n_mels=cfg.n_mels))
+    )
+    for f, (fold, splits) in zip(row["folds"], accuracy.fold_splits(ds, proto), strict=True):
+        assert f["fold"] == fold and f["best_epoch"] == 1
+        assert f["last_accuracy"] == f["accuracy"]
+        run = tmp_path / "runs" / "synth" / fold
+        last = accuracy.last_epoch_predictions(run, splits.test, cache, cfg)
+        assert last == accuracy.read_predictions(run)  # (true, predicted) per clip, in order
+    assert row["last_accuracy"] == row["accuracy"]
+
+    state = checkpoint.safe_load(run / "last.pt")
+    g = torch.Generator().manual_seed(0)
+    state["model"] = {k: v + torch.randn(v.shape, generator=g) if v.is_floating_point() else v
+                      for k, v in state["model"].items()}  # fmt: skip
+    checkpoint.atomic_save(state, run / "last.pt")
+    assert accuracy.last_epoch_predictions(run, splits.test, cache, cfg) != last
