@@ -174,7 +174,12 @@ def run_protocol(name: str, args, cfg: TrainConfig, only: list[str] | None = Non
         t0 = time.perf_counter()
         train(ds, splits, cfg, run, resume=args.resume, log=lambda s: print(s, flush=True))
         wall = time.perf_counter() - t0
-        log = [json.loads(ln) for ln in (run / "log.jsonl").read_text().splitlines() if ln]
+        log = _log(run)
+        teacher = {}
+        if (run / "teacher").is_dir():  # distillation: the teacher's training is part of the cost
+            log += _log(run / "teacher")
+            own = json.loads((run / "teacher" / "metrics.json").read_text())
+            teacher = {"teacher_accuracy": own["accuracy"]}
         true, pred = read_predictions(run)
         all_true += true
         all_pred += pred
@@ -188,7 +193,7 @@ def run_protocol(name: str, args, cfg: TrainConfig, only: list[str] | None = Non
                       "baseline_accuracy": scores(bt, bp, labels)["accuracy"],
                       "last_accuracy": scores(lt, lp, labels)["accuracy"],
                       "train_s": round(sum(r["epoch_s"] for r in log), 1),
-                      "wall_s": round(wall, 1), "best_epoch": _best_epoch(run)})  # fmt: skip
+                      "wall_s": round(wall, 1), "best_epoch": _best_epoch(run), **teacher})  # fmt: skip
         print(f"fold {fold}: accuracy {folds[-1]['accuracy']:.4f} (last epoch "
               f"{folds[-1]['last_accuracy']:.4f}, MFCC+SVM {folds[-1]['baseline_accuracy']:.4f})",
               flush=True)  # fmt: skip
@@ -214,6 +219,10 @@ def run_protocol(name: str, args, cfg: TrainConfig, only: list[str] | None = Non
         "torch": torch.__version__, "date": date.today().isoformat(),
         "command": "python benchmarks/accuracy.py " + " ".join(sys.argv[1:]),
     }  # fmt: skip
+
+
+def _log(run: Path) -> list[dict]:
+    return [json.loads(ln) for ln in (run / "log.jsonl").read_text().splitlines() if ln]
 
 
 def _best_epoch(run: Path) -> int | None:

@@ -27,7 +27,9 @@ def _splits(root):
     return ds, data.make_splits(ds, data.SplitOptions(seed=0, valid_frac=0.15, test_frac=0.15))
 
 
-@pytest.mark.parametrize("extra", [{"stem": "patch"}, {"ema_epochs": 1.0, "balance_classes": True}])
+@pytest.mark.parametrize(
+    "extra", [{"stem": "patch"}, {"ema_epochs": 1.0, "balance_classes": True}, {"teacher": "cnn"}]
+)
 def test_resume_reproduces_the_uninterrupted_run(synth_root, tmp_path, monkeypatch, extra):
     cfg = TrainConfig(**{**FAST, "epochs": 4, **extra}, cache_dir=str(tmp_path / "cache"))
     ds, splits = _splits(synth_root)
@@ -56,6 +58,49 @@ def test_resume_reproduces_the_uninterrupted_run(synth_root, tmp_path, monkeypat
         for x in lines
     ]
     assert strip(log_cut) == strip(log_full)
+    if "teacher" in extra:  # the kill came in the teacher's epoch 3: its run resumed too
+        teacher_log = lambda run: strip((run / "teacher" / "log.jsonl").read_text().splitlines())
+        assert teacher_log(tmp_path / "cut") == teacher_log(tmp_path / "full")
+
+
+def test_distillation_loss_is_the_tempered_kl_divergence():
+    from audiovit.train import distillation_loss
+
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)
+    p, q = (t / 2).softmax(1), (s / 2).softmax(1)
+    by_hand = (p * (p.log() - q.log())).sum(1).mean() * 4  # T² = 4
+    assert torch.allclose(distillation_loss(s, t, 2.0), by_hand, atol=1e-6)
+    assert float(distillation_loss(t, t, 2.0)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_student_trains_after_its_cnn_teacher_and_learns_what_the_teacher_says(
+    synth_root, tmp_path, monkeypatch
+):
+    from audiovit import checkpoint
+
+    ds, splits = _splits(synth_root)
+    cfg = TrainConfig(**FAST, teacher="cnn", distill=1.0, cache_dir=str(tmp_path / "cache"))
+    T = sys.modules["audiovit.train"]
+    real = T._teacher_logits
+    seen = []
+
+    def says_class_0(teacher, x, device, amp):  # whatever the (real, trained) teacher thinks
+        seen.append(teacher.cfg.n_layers)
+        logits = torch.zeros(len(x), 4)
+        logits[:, 0] = 10.0
+        return logits + 0 * real(teacher, x, device, amp)
+
+    monkeypatch.setattr(T, "_teacher_logits", says_class_0)
+    train(ds, splits, cfg, tmp_path / "run", log=lambda *a: None)
+    teacher, *_ = checkpoint.load_model(tmp_path / "run" / "teacher" / "model.pt")
+    assert teacher.cfg.n_layers == 0 and teacher.cfg.stem == "conv" and set(seen) == {0}
+    own = json.loads((tmp_path / "run" / "teacher" / "metrics.json").read_text())
+    assert own["accuracy"] >= 0.8  # the CNN alone learns the synthetic classes
+    # trained on the teacher's word alone (distill=1), the student says class 0 for everything
+    rows = (tmp_path / "run" / "predictions.csv").read_text().splitlines()[1:]
+    labels = sorted({it.label for it in splits.train})
+    assert rows and {r.split(",")[2] for r in rows} == {labels[0]}
 
 
 def test_a_run_saved_before_the_stem_field_resumes_as_the_patch_model_it_was(synth_root, tmp_path):
@@ -90,9 +135,11 @@ def test_the_conv_stem_refuses_a_single_token_crop():
 
 def test_bad_choices_fail_before_any_work():
     for bad in ({"stem": "resnet"}, {"norm": "batch"}, {"preset": "huge"}, {"pool": "max"},
-                {"stem": "conv", "patch_stride": 10}):  # fmt: skip
+                {"teacher": "resnet"}, {"stem": "conv", "patch_stride": 10}):  # fmt: skip
         with pytest.raises(ValueError, match=next(iter(bad)) if len(bad) == 1 else "stride"):
             TrainConfig(**bad)
+    with pytest.raises(ValueError, match="conv stem alone"):
+        TrainConfig(teacher="cnn", stem="patch")
 
 
 def test_non_finite_loss_stops_with_a_clear_message(synth_root, tmp_path, monkeypatch):

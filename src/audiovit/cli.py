@@ -13,7 +13,7 @@ from . import __version__
 from .progress import Progress
 
 TRAIN_HELP = {
-    "preset": "model size: tiny, small or base",
+    "preset": "model size: tiny, small or base; cnn: the conv stem alone (no transformer layer)",
     "epochs": "passes over the training clips (1-5 random crops of each per pass, by clip length)",
     "lr": "peak AdamW learning rate",
     "crop_s": "training window in seconds (default: min(max-crop-s, median clip length))",
@@ -23,6 +23,10 @@ TRAIN_HELP = {
     "balance_classes": "draw training crops so every class is equally likely (None: when the "
     "class sizes differ by 1.5x or more)",
     "ema_epochs": "validate and save an EMA of the weights over about this many epochs; 0 = off",
+    "teacher": "distil from a model of this preset (e.g. cnn), trained first on the same data "
+    "into OUT/teacher",
+    "distill": "weight of the teacher's soft targets in the loss (with --teacher)",
+    "distill_t": "distillation temperature",
     "device": "auto (CUDA when present), cpu, cuda, cuda:1, ...",
     "amp": "bf16 autocast where the hardware supports it",
     "init": "start from an ImageNet ViT/DeiT checkpoint in timm's layout (.safetensors/.pth); "

@@ -27,6 +27,9 @@ PRESETS = {  # (width, n_layers, n_heads), as in DeiT
     "tiny": (192, 12, 3),
     "small": (384, 12, 6),
     "base": (768, 12, 12),
+    # no transformer layer: the conv stem, mean-pooled, is a 4-layer CNN (48-96-192-384 wide,
+    # 1.1 M parameters) — a baseline, and a teacher to distil from (TrainConfig.teacher)
+    "cnn": (384, 0, 1),
 }
 
 
@@ -189,6 +192,8 @@ class ViT(nn.Module):
             if getattr(cfg, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; "
                                  f"got {getattr(cfg, name)!r}")  # fmt: skip
+        if cfg.n_layers == 0 and cfg.stem != "conv":
+            raise ValueError("a model with no transformer layer needs the conv stem (stem='conv')")
         if cfg.stem == "conv" and (cfg.patch_size, cfg.patch_stride) != (PATCH, CONV_STRIDE):
             raise ValueError(f"the conv stem makes {CONV_STRIDE}×{CONV_STRIDE} tokens: leave "
                              "patch_size and patch_stride at their defaults")  # fmt: skip

@@ -19,7 +19,7 @@ import math
 import signal
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +95,12 @@ class TrainConfig:
     time_warp: float = 0.0  # crops stretched/squeezed in time by up to this factor (0.2 = ±20 %)
     freq_warp: float = 0.0  # mel axis scaled by a factor in [1 - w, 1 + w] (pitch/formant shift)
     ema_epochs: float = 0.0  # average the weights (EMA) over about this many epochs; 0 = off
+    # knowledge distillation: first train a model of this preset ("cnn": model.PRESETS) with the
+    # same settings into OUT/teacher, then train this one on (1 - distill) × the label loss +
+    # distill × T² · KL(teacher ‖ student) at temperature distill_t, on the same augmented crops
+    teacher: str | None = None
+    distill: float = 0.5
+    distill_t: float = 2.0
     eval_hop_s: float | None = None  # hop between scored windows; None: one window
     sr: int = 16000
     n_mels: int = 64  # 64 bands halve the tokens of 128 (2× faster) on a CPU budget
@@ -110,6 +116,10 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; "
                                  f"got {getattr(self, name)!r}")  # fmt: skip
+        if self.teacher is not None and self.teacher not in PRESETS:
+            raise ValueError(f"teacher must be one of {', '.join(PRESETS)}; got {self.teacher!r}")
+        if "cnn" in (self.preset, self.teacher) and self.stem != "conv":
+            raise ValueError("the cnn preset is the conv stem alone: it needs stem='conv'")
         if self.stem == "conv" and self.patch_stride != CONV_STRIDE:
             raise ValueError(f"the conv stem has a fixed stride of {CONV_STRIDE}: overlapping "
                              "patches need stem='patch' (--stem patch)")  # fmt: skip
@@ -239,8 +249,12 @@ def train_epoch(
     warmup: int,
     g,
     ema: WeightAverage | None = None,
+    teacher: ViT | None = None,
 ):
     """One pass over ``batches`` of (x (B, F, T), y (B,)). Returns (mean loss, accuracy, steps).
+
+    ``teacher`` (frozen, eval mode) sees the same augmented batch; its softened probabilities
+    join the loss with weight ``cfg.distill``.
 
     ``model`` may be wrapped in DistributedDataParallel: each rank then augments the whole
     global batch with the shared generator and trains on rows rank, rank + world, ...
@@ -267,6 +281,10 @@ def train_epoch(
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             logits = model(x)
         loss = F.cross_entropy(logits.float(), target, label_smoothing=cfg.label_smoothing)
+        if teacher is not None:
+            loss = (1 - cfg.distill) * loss + cfg.distill * distillation_loss(
+                logits, _teacher_logits(teacher, x, device, amp), cfg.distill_t
+            )
         step += 1
         finite = bool(torch.isfinite(loss))
         if w > 1:  # every rank skips the step together, or DDP's all-reduce would hang
@@ -298,6 +316,19 @@ def train_epoch(
     # Over ranks: the mean of the per-rank batch means is the global batch mean (equal slices).
     loss_sum, n, correct, seen = distributed.all_sum([sum(losses), len(losses), correct, seen])
     return loss_sum / n if n else float("nan"), correct / max(seen, 1), step
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, t: float) -> torch.Tensor:
+    """T² · KL(softmax(teacher / T) ‖ softmax(student / T)), mean over the batch (Hinton et al.
+    2015; the T² keeps its gradients on the scale of the label loss)."""
+    s, q = F.log_softmax(student.float() / t, 1), F.log_softmax(teacher.float() / t, 1)
+    return F.kl_div(s, q, log_target=True, reduction="batchmean") * t * t
+
+
+@torch.no_grad()
+def _teacher_logits(teacher: ViT, x: torch.Tensor, device, amp) -> torch.Tensor:
+    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+        return teacher(x)
 
 
 def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -410,7 +441,8 @@ def train(
     """Train on ``splits``, write the run folder ``out`` and return the final metrics.
 
     ``out`` receives model.pt (the best epoch on validation), last.pt (for ``resume``),
-    log.jsonl, metrics.json (test split, else validation) and the plots.
+    log.jsonl, metrics.json (test split, else validation) and the plots; with ``cfg.teacher``,
+    the teacher's own run folder as ``out``/teacher.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -433,6 +465,7 @@ def train(
         log(f"skipped: {line}")
     if not prep["valid"].feats:
         raise TrainingError("the validation split is empty: give more data or a --valid-fold")
+    teacher = _train_teacher(ds, splits, cfg, out, resume, device, log) if cfg.teacher else None
     n_frames = crop_frames(cfg, fcfg, prep["train"])
     repeats = crops_per_clip(cfg, prep["train"], n_frames)
     balanced = balanced_sampling(cfg, prep["train"].targets)
@@ -479,7 +512,7 @@ def train(
             batches = Batches(prep["train"], cfg.batch_size, n_frames, repeats, epoch, g,
                               balanced, cfg.time_warp, cfg.freq_warp)  # fmt: skip
             loss, acc, state["step"] = train_epoch(
-                net, opt, batches, cfg, device, amp, state["step"], *schedule, g, ema
+                net, opt, batches, cfg, device, amp, state["step"], *schedule, g, ema, teacher
             )
             train_s = time.perf_counter() - t0
             vm, vloss, _ = validate(clf, prep["valid"], labels, cfg.eval_hop_s)
@@ -514,6 +547,18 @@ def train(
     del net
     gc.collect()
     return finish_run(out, fcfg, prep, labels, state["log"], cfg, device, log)
+
+
+def _train_teacher(ds, splits, cfg: TrainConfig, out: Path, resume: bool, device, log) -> ViT:
+    """Train the distillation teacher into ``out``/teacher — the same data, splits and settings
+    with ``cfg.teacher``'s preset — and return its best epoch's model, frozen."""
+    tcfg = replace(cfg, preset=cfg.teacher, teacher=None)
+    tout = out / "teacher"
+    log(f"distillation: training the teacher ({cfg.teacher}) first, into {tout}")
+    m = train(ds, splits, tcfg, tout, resume=resume and (tout / "last.pt").exists(), log=log)
+    log(f"teacher: {m['split']} accuracy {m['accuracy']:.3f}; now the student (ViT-{cfg.preset})")
+    teacher, *_ = checkpoint.load_model(tout / "model.pt", device)
+    return teacher.requires_grad_(False)
 
 
 def _silent(*args, **kwargs) -> None:
