@@ -133,9 +133,20 @@ def test_the_conv_stem_refuses_a_single_token_crop():
     assert _build_model(TrainConfig(n_mels=16, stem="patch"), *args).grid == (1, 1)
 
 
+def test_depth_overrides_the_presets_layer_count():
+    from audiovit.features import FeatureConfig
+    from audiovit.train import _build_model
+
+    args = (FeatureConfig(n_mels=32), 4, 64, "cpu", lambda *a: None)
+    assert len(_build_model(TrainConfig(), *args).blocks) == 12
+    shallow = _build_model(TrainConfig(depth=3), *args)
+    assert len(shallow.blocks) == shallow.cfg.n_layers == 3 and shallow.cfg.width == 192
+    assert len(_build_model(TrainConfig(preset="cnn"), *args).blocks) == 0
+
+
 def test_bad_choices_fail_before_any_work():
     for bad in ({"stem": "resnet"}, {"norm": "batch"}, {"preset": "huge"}, {"pool": "max"},
-                {"teacher": "resnet"}, {"stem": "conv", "patch_stride": 10}):  # fmt: skip
+                {"teacher": "resnet"}, {"depth": -1}, {"stem": "conv", "patch_stride": 10}):  # fmt: skip
         with pytest.raises(ValueError, match=next(iter(bad)) if len(bad) == 1 else "stride"):
             TrainConfig(**bad)
     with pytest.raises(ValueError, match="conv stem alone"):

@@ -61,7 +61,8 @@ class TrainingError(Exception):
 
 @dataclass
 class TrainConfig:
-    preset: str = "tiny"  # tiny | small | base (model.PRESETS)
+    preset: str = "tiny"  # tiny | small | base | cnn (model.PRESETS)
+    depth: int | None = None  # transformer layers; None: the preset's (12; cnn: 0)
     epochs: int = 30
     batch_size: int = 32
     lr: float = 5e-4  # peak AdamW learning rate, reached after warm-up
@@ -118,6 +119,8 @@ class TrainConfig:
                                  f"got {getattr(self, name)!r}")  # fmt: skip
         if self.teacher is not None and self.teacher not in PRESETS:
             raise ValueError(f"teacher must be one of {', '.join(PRESETS)}; got {self.teacher!r}")
+        if self.depth is not None and self.depth < 0:
+            raise ValueError(f"depth must be 0 or more; got {self.depth}")
         if "cnn" in (self.preset, self.teacher) and self.stem != "conv":
             raise ValueError("the cnn preset is the conv stem alone: it needs stem='conv'")
         if self.stem == "conv" and self.patch_stride != CONV_STRIDE:
@@ -574,7 +577,7 @@ def _build_model(
         patch_stride=cfg.patch_stride, pool=cfg.pool, drop_path=cfg.drop_path, norm=cfg.norm,
         stem=cfg.stem,
     )  # fmt: skip
-    model = ViT(mcfg)
+    model = ViT(mcfg if cfg.depth is None else replace(mcfg, n_layers=cfg.depth))
     if cfg.stem == "conv" and model.grid == (1, 1):  # BatchNorm of a lone value per example
         raise TrainingError(f"the conv stem needs crops of more than one 16×16 cell ({fcfg.n_mels} "
                             f"mel bands × {n_frames} frames here): use more mel bands, a longer "
