@@ -80,7 +80,9 @@ def test_a_student_trains_after_its_cnn_teacher_and_learns_what_the_teacher_says
     from audiovit import checkpoint
 
     ds, splits = _splits(synth_root)
-    cfg = TrainConfig(**FAST, teacher="cnn", distill=1.0, cache_dir=str(tmp_path / "cache"))
+    cfg = TrainConfig(
+        **FAST, teacher="cnn", distill=1.0, depth=2, cache_dir=str(tmp_path / "cache")
+    )
     T = sys.modules["audiovit.train"]
     real = T._teacher_logits
     seen = []
@@ -94,7 +96,10 @@ def test_a_student_trains_after_its_cnn_teacher_and_learns_what_the_teacher_says
     monkeypatch.setattr(T, "_teacher_logits", says_class_0)
     train(ds, splits, cfg, tmp_path / "run", log=lambda *a: None)
     teacher, *_ = checkpoint.load_model(tmp_path / "run" / "teacher" / "model.pt")
+    # the teacher is the cnn preset as named (the student's depth is the student's)
     assert teacher.cfg.n_layers == 0 and teacher.cfg.stem == "conv" and set(seen) == {0}
+    student, *_ = checkpoint.load_model(tmp_path / "run" / "model.pt")
+    assert student.cfg.n_layers == 2
     own = json.loads((tmp_path / "run" / "teacher" / "metrics.json").read_text())
     assert own["accuracy"] >= 0.8  # the CNN alone learns the synthetic classes
     # trained on the teacher's word alone (distill=1), the student says class 0 for everything

@@ -501,7 +501,7 @@ def train(
         max(1, int(cfg.warmup_epochs * steps)),
     )  # (total, warm-up) steps
     n_params = sum(p.numel() for p in model.parameters()) / 1e6
-    log(f"model: ViT-{cfg.preset}, {n_params:.2f} M parameters, {model.grid[0] * model.grid[1]} "
+    log(f"model: {_name(model, cfg)}, {n_params:.2f} M parameters, {model.grid[0] * model.grid[1]} "
         f"patches per {fcfg.seconds(n_frames):.2f} s window, {steps} steps "
         f"per epoch{', class-balanced crops' if balanced else ''}; device {device}"
         f"{', bf16 autocast' if amp else ''}")  # fmt: skip
@@ -555,13 +555,20 @@ def train(
 def _train_teacher(ds, splits, cfg: TrainConfig, out: Path, resume: bool, device, log) -> ViT:
     """Train the distillation teacher into ``out``/teacher — the same data, splits and settings
     with ``cfg.teacher``'s preset — and return its best epoch's model, frozen."""
-    tcfg = replace(cfg, preset=cfg.teacher, teacher=None)
+    tcfg = replace(cfg, preset=cfg.teacher, teacher=None, depth=None)  # the preset as named
     tout = out / "teacher"
     log(f"distillation: training the teacher ({cfg.teacher}) first, into {tout}")
     m = train(ds, splits, tcfg, tout, resume=resume and (tout / "last.pt").exists(), log=log)
-    log(f"teacher: {m['split']} accuracy {m['accuracy']:.3f}; now the student (ViT-{cfg.preset})")
+    log(f"teacher: {m['split']} accuracy {m['accuracy']:.3f}; now the student")
     teacher, *_ = checkpoint.load_model(tout / "model.pt", device)
     return teacher.requires_grad_(False)
+
+
+def _name(model: ViT, cfg: TrainConfig) -> str:
+    if not model.blocks:
+        return "CNN (the conv stem alone, no transformer layer)"
+    layers = f", {len(model.blocks)} layers" if cfg.depth is not None else ""
+    return f"ViT-{cfg.preset}{layers}"
 
 
 def _silent(*args, **kwargs) -> None:
