@@ -154,8 +154,9 @@ def test_bad_choices_fail_before_any_work():
                 {"teacher": "resnet"}, {"depth": -1}, {"stem": "conv", "patch_stride": 10}):  # fmt: skip
         with pytest.raises(ValueError, match=next(iter(bad)) if len(bad) == 1 else "stride"):
             TrainConfig(**bad)
-    with pytest.raises(ValueError, match="conv stem alone"):
-        TrainConfig(teacher="cnn", stem="patch")
+    for no_layer in ({"teacher": "cnn"}, {"preset": "cnn"}, {"depth": 0}):
+        with pytest.raises(ValueError, match="conv stem alone"):
+            TrainConfig(**no_layer, stem="patch")
 
 
 def test_non_finite_loss_stops_with_a_clear_message(synth_root, tmp_path, monkeypatch):

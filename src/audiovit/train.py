@@ -121,8 +121,11 @@ class TrainConfig:
             raise ValueError(f"teacher must be one of {', '.join(PRESETS)}; got {self.teacher!r}")
         if self.depth is not None and self.depth < 0:
             raise ValueError(f"depth must be 0 or more; got {self.depth}")
-        if "cnn" in (self.preset, self.teacher) and self.stem != "conv":
-            raise ValueError("the cnn preset is the conv stem alone: it needs stem='conv'")
+        layers = [self.depth if self.depth is not None else PRESETS[self.preset][1]]
+        layers += [PRESETS[self.teacher][1]] if self.teacher else []
+        if 0 in layers and self.stem != "conv":
+            raise ValueError("a model with no transformer layer (the cnn preset, --depth 0) is "
+                             "the conv stem alone: it needs stem='conv'")  # fmt: skip
         if self.stem == "conv" and self.patch_stride != CONV_STRIDE:
             raise ValueError(f"the conv stem has a fixed stride of {CONV_STRIDE}: overlapping "
                              "patches need stem='patch' (--stem patch)")  # fmt: skip
