@@ -40,6 +40,27 @@ CURRENT = "defaults (accuracy.json, current)"  # a fold's row of the benchmark, 
 ALL_FOLDS = {"fsdd-speaker": ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")}
 
 
+def row_key(row: dict) -> str:
+    """A row's key in ablations.json: the same change on other hardware is another row (CPUs
+    with and without bf16 units train differently; see write_results)."""
+    folds = ",".join(row["only_folds"] or ["all"])
+    return f"{row['protocol']}|{folds}|{row['change']}|{row.get('hardware') or 'unrecorded'}"
+
+
+def load_rows(path: Path) -> dict:
+    """ablations.json's rows, keyed by row_key (files written before the hardware joined the
+    key are re-keyed)."""
+    rows = json.loads(path.read_text()) if path.exists() else {}
+    return {row_key(r): r for r in rows.values()}
+
+
+def short_hardware(hw: str | None) -> str:
+    """'Intel(R) Xeon(R) Processor @ 2.50GHz, 2 threads' → 'Intel Xeon @ 2.50GHz'."""
+    if not hw:
+        return "unrecorded"
+    return hw.split(",")[0].replace("(R)", "").replace(" Processor", "").strip()
+
+
 def settings_change(settings: dict) -> str:
     """The settings of a run that differ from today's defaults, as FIELD=VALUE, ... ('' if none)."""
     today = asdict(TrainConfig())
@@ -56,7 +77,7 @@ def benchmark_rows(bench: dict) -> dict:
             continue
         row = {k: r[k] for k in ROW_FIELDS if k in r}
         row["change"], row["only_folds"] = change, None
-        out[f"{r['protocol']}|all|{change}"] = row
+        out[row_key(row)] = row
     return out
 
 
@@ -76,6 +97,7 @@ def reference_rows(rows: dict) -> list[dict]:
         for f in bench[f"{proto}@cpu"]["folds"]:
             if f["fold"] == folds[0]:
                 out.append({**f, "protocol": proto, "only_folds": list(folds), "reference": True,
+                            "hardware": bench[f"{proto}@cpu"]["hardware"],
                             "change": f"{diff} (accuracy.json)" if diff else CURRENT})  # fmt: skip
     return out
 
@@ -90,10 +112,11 @@ def seed_spread(rows: list[dict]) -> list[str]:
         parts = [] if r["change"] in ("defaults", CURRENT) else r["change"].split(", ")
         seed = next((int(p[5:]) for p in parts if p.startswith("seed=")), 0)
         rest = ", ".join(p for p in parts if not p.startswith("seed=")) or "defaults"
-        key = (r["protocol"], ",".join(r["only_folds"] or ["all"]), rest)
+        key = (r["protocol"], ",".join(r["only_folds"] or ["all"]), rest,
+               short_hardware(r.get("hardware")))  # fmt: skip
         groups.setdefault(key, []).append({**r, "seed": seed})
     lines = []
-    for (proto, folds, change), rs in sorted(groups.items()):
+    for (proto, folds, change, hw), rs in sorted(groups.items()):
         if len(rs) < 2:
             continue
         rs.sort(key=lambda r: r["seed"])
@@ -102,13 +125,14 @@ def seed_spread(rows: list[dict]) -> list[str]:
         seeds = ", ".join(str(r["seed"]) for r in rs)
         each = ", ".join(f"{r['accuracy']:.3f}" for r in rs)
         lines.append(f"| {proto} | {folds} | {change} | {seeds} | {each} | {cell('accuracy')} | "
-                     f"{cell('balanced_accuracy')} |")  # fmt: skip
+                     f"{cell('balanced_accuracy')} | {hw} |")  # fmt: skip
     if not lines:
         return []
     return ["", "## Seed spread", "",
-            "Rows above that differ only in `seed` (seed 0 unless named): mean (min-max) over seeds.",
-            "", "| protocol | folds | change | seeds | accuracy per seed | accuracy | balanced acc. |",
-            "|---|---|---|---|---|---|---|", *lines]  # fmt: skip
+            "Rows above that differ only in `seed` (seed 0 unless named), on the same hardware: "
+            "mean (min-max) over seeds.", "",
+            "| protocol | folds | change | seeds | accuracy per seed | accuracy | balanced acc. | "
+            "hardware |", "|---|---|---|---|---|---|---|---|", *lines]  # fmt: skip
 
 
 def combined_folds(rows: list[dict]) -> list[str]:
@@ -118,17 +142,17 @@ def combined_folds(rows: list[dict]) -> list[str]:
     for r in rows:
         folds = r["only_folds"] or []
         if r["protocol"] in ALL_FOLDS and len(folds) == 1 and not r.get("reference"):
-            groups.setdefault((r["protocol"], r["change"]), {})[folds[0]] = r
+            key = (r["protocol"], r["change"], short_hardware(r.get("hardware")))
+            groups.setdefault(key, {})[folds[0]] = r
     lines = []
-    for (proto, change), by_fold in sorted(groups.items()):
+    for (proto, change, hw), by_fold in sorted(groups.items()):
         if set(by_fold) != set(ALL_FOLDS[proto]):
             continue
         rs = [by_fold[f] for f in ALL_FOLDS[proto]]
         mean = lambda k: sum(r[k] for r in rs) / len(rs)  # noqa: E731
         each = ", ".join(f"{f} {r['accuracy']:.3f}" for f, r in zip(ALL_FOLDS[proto], rs))
         lines.append(f"| {proto} | {change} | {mean('accuracy'):.3f} | "
-                     f"{mean('balanced_accuracy'):.3f} | {mean('macro_f1'):.3f} | {each} | "
-                     f"{rs[0]['hardware']} |")  # fmt: skip
+                     f"{mean('balanced_accuracy'):.3f} | {mean('macro_f1'):.3f} | {each} | {hw} |")  # fmt: skip
     if not lines:
         return []
     return ["", "## Changes run one fold at a time, combined", "",
@@ -149,16 +173,20 @@ def write_results(rows: dict) -> None:
              "'defaults before this change set' rows ran before class balancing became automatic "
              "(benchmarks/NOTES.md). Last epoch: the same run scored with its last epoch's "
              "weights instead of the best-on-validation epoch's (measured since the seventh "
-             "session).", "",
-             "| protocol | folds | change | accuracy | balanced acc. | macro-F1 | test clips | "
-             "last epoch | train time |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "session). Compare rows on the same hardware: the AMD EPYC trains in bf16 autocast, "
+             "the Intel Xeon (no AVX-512 BF16) in fp32, so one seed lands on different models.",
+             "", "| protocol | folds | change | accuracy | balanced acc. | macro-F1 | test clips | "
+             "last epoch | train time | hardware |",
+             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     everything = [*rows.values(), *reference_rows(rows)]
     for r in sorted(everything,
                     key=lambda r: (r["protocol"], str(r["only_folds"]),
-                                                  not r["change"].startswith("defaults"), r["change"])):  # fmt: skip
+                                   not r["change"].startswith("defaults"), r["change"],
+                                   short_hardware(r.get("hardware")))):  # fmt: skip
         lines.append(f"| {r['protocol']} | {','.join(r['only_folds'] or ['all'])} | {r['change']} | "
                      f"{r['accuracy']:.3f} | {r['balanced_accuracy']:.3f} | {r['macro_f1']:.3f} | "
-                     f"{r['n']} | {last_cell(r)} | {r['train_s'] / 60:.1f} min |")  # fmt: skip
+                     f"{r['n']} | {last_cell(r)} | {r['train_s'] / 60:.1f} min | "
+                     f"{short_hardware(r.get('hardware'))} |")  # fmt: skip
     lines += combined_folds(everything)
     lines += seed_spread(everything)
     (RESULTS / "ablations.md").write_text("\n".join(lines) + "\n")
@@ -183,7 +211,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     path = RESULTS / "ablations.json"
     if args.protocol is None:
-        rows = json.loads(path.read_text()) if path.exists() else {}
+        rows = load_rows(path)
         bench = [args.from_benchmark] if args.from_benchmark else []
         for src in (*args.merge, *bench):
             if not src.is_file():
@@ -216,8 +244,8 @@ def main(argv=None) -> int:
     row = run_protocol(args.protocol, run_args, cfg, only=args.folds)
     row = {k: row[k] for k in ROW_FIELDS}
     row["change"], row["only_folds"] = label, args.folds
-    rows = json.loads(path.read_text()) if path.exists() else {}
-    rows[f"{args.protocol}|{','.join(args.folds or ['all'])}|{label}"] = row
+    rows = load_rows(path)
+    rows[row_key(row)] = row
     write_results(rows)
     print(f"{label}: accuracy {row['accuracy']:.4f}")
     return 0
