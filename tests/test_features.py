@@ -126,3 +126,30 @@ def test_cache_fills_in_parallel_in_order_with_errors_in_place(tmp_path):
     for p, g in zip(paths, got):
         if p.name != "2.wav":  # each file's own features, in input order
             np.testing.assert_array_equal(g, fresh.get(p))
+
+
+def test_cache_fill_decodes_only_a_few_files_ahead_of_its_consumer(tmp_path):
+    """A folder of long files is scored as it is decoded, never held in memory all at once."""
+    import soundfile as sf
+
+    from conftest import sine
+
+    paths = []
+    for i in range(12):
+        sf.write(tmp_path / f"{i}.wav", sine(0.3, sr=16000, hz=200.0 + 50 * i), 16000)
+        paths.append(tmp_path / f"{i}.wav")
+    pulled = []
+
+    def listing():
+        for p in paths:
+            pulled.append(p)
+            yield p
+
+    cache = F.FeatureCache(tmp_path / "cache", LogMel(FeatureConfig(n_mels=32)))
+    feats = cache.get_many(listing(), workers=2)
+    first = next(feats)
+    assert len(pulled) <= 5  # 2 × workers in flight, not all 12
+    rest = list(feats)
+    assert len(rest) == 11 and len(pulled) == 12
+    for p, g in zip(paths, [first, *rest]):
+        np.testing.assert_array_equal(g, cache.get(p))

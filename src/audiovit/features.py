@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import threading
+from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -251,7 +252,15 @@ class FeatureCache:
         torch.set_num_threads(threads // workers)
         try:
             with ThreadPoolExecutor(workers) as pool:
-                yield from pool.map(one, paths)
+                # at most 2 × workers files ahead of the consumer (Executor.map would decode
+                # every file at once and hold all their features until they are taken)
+                ahead: deque = deque()
+                for path in paths:
+                    ahead.append(pool.submit(one, path))
+                    if len(ahead) >= 2 * workers:
+                        yield ahead.popleft().result()
+                while ahead:
+                    yield ahead.popleft().result()
         finally:
             torch.set_num_threads(threads)
 
