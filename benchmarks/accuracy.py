@@ -113,7 +113,7 @@ def last_epoch_predictions(
     model, fcfg, labels, _ = checkpoint.load_model(run / "model.pt", device)
     state = checkpoint.safe_load(run / "last.pt")
     model.load_state_dict(state["ema"] if "ema" in state else state["model"])
-    clf = Classifier(model, fcfg, labels, device=device)
+    clf = Classifier(model, fcfg, labels, device=device, amp=cfg.amp)
     _, _, scored = evaluate.evaluate_items(clf, test, cache, cfg.eval_hop_s)
     return [it.label for it, _ in scored], [labels[int(p.argmax())] for _, p in scored]
 

@@ -270,3 +270,24 @@ def test_weight_average_follows_the_weights_with_its_decay():
     # a weight rising by 1 per step is trailed by decay / (1 - decay) = 9 steps once settled
     assert torch.allclose(w - e, torch.full_like(w, 9.0), atol=1e-3)
     assert not any(p.requires_grad for p in ema.model.parameters())
+
+
+def test_amp_off_scores_validation_and_test_in_fp32_too(synth_root, tmp_path, monkeypatch):
+    """--no-amp holds for the epoch choice and the test metrics, not only for the training steps,
+    even where the hardware would pick bf16."""
+    import audiovit.inference as I
+
+    T = sys.modules["audiovit.train"]  # the package exports the function train under that name
+    monkeypatch.setattr(I, "autocast_dtype", lambda device: torch.bfloat16)
+    scoring_dtypes = []
+
+    class Spy(I.Classifier):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            scoring_dtypes.append(self.amp)
+
+    monkeypatch.setattr(T, "Classifier", Spy)
+    ds, splits = _splits(synth_root)
+    cfg = TrainConfig(**{**FAST, "epochs": 1, "amp": False}, cache_dir=str(tmp_path / "c"))
+    train(ds, splits, cfg, tmp_path / "run", log=lambda *a: None)
+    assert len(scoring_dtypes) == 2 and scoring_dtypes == [None, None]  # validation, then test

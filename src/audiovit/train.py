@@ -498,7 +498,7 @@ def train(
     if main:
         (out / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in state["log"]))
     meta = {"train_config": asdict(cfg), "data": _data_meta(ds, splits, prep, labels, skipped)}
-    clf = Classifier(scored, fcfg, labels, device=device)
+    clf = Classifier(scored, fcfg, labels, device=device, amp=cfg.amp)
     schedule = (
         cfg.epochs * steps,
         max(1, int(cfg.warmup_epochs * steps)),
@@ -661,7 +661,7 @@ def finish_run(out: Path, fcfg, prep, labels, log_records, cfg: TrainConfig, dev
     plots and report.html (rank 0; every rank returns the metrics)."""
     distributed.barrier()  # rank 0 has written model.pt
     model, _, _, saved_meta = checkpoint.load_model(out / "model.pt", device)
-    clf = Classifier(model, fcfg, labels, device=device)
+    clf = Classifier(model, fcfg, labels, device=device, amp=cfg.amp)
     split = "test" if prep["test"].feats else "valid"
     m, _, probs = validate(clf, prep[split], labels, cfg.eval_hop_s)
     m = {**m, "split": split, "best_epoch": saved_meta.get("epoch")}
