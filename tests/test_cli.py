@@ -128,6 +128,23 @@ def test_corrupt_inputs_give_one_line_not_a_traceback(trained, tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr and "nowhere" in r.stderr
 
 
+def test_unusable_outputs_and_inputs_end_in_one_line(trained, synth_root, tmp_path):
+    def one_line(r, *names):
+        return (r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+                and all(n in r.stderr for n in names))  # fmt: skip
+
+    (tmp_path / "taken").write_text("a file where the run folder would go")
+    r = run("train", synth_root, "--out", tmp_path / "taken", *fast_flags(epochs=1), check=False)
+    assert one_line(r, "taken"), r.stderr
+    r = run("info", trained / "last.pt", check=False)  # a training state, not a model
+    assert one_line(r, "last.pt", "model.pt"), r.stderr
+    (tmp_path / "ds" / "dog").mkdir(parents=True)
+    (tmp_path / "ds" / "dog" / "bark.wav").write_bytes(b"RIFF0000WAVEfmt garbage")
+    r = run("evaluate", trained / "model.pt", tmp_path / "ds", check=False)
+    assert r.returncode != 0 and "no file could be scored" in r.stderr, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+
+
 def test_timeline_outputs_plot_and_explanation(trained, tmp_path):
     x = np.concatenate([sine(3.0, hz=300), np.zeros(16000, np.float32), sine(2.0, hz=2000)])
     sf.write(tmp_path / "mix.wav", x, 16000)

@@ -138,6 +138,18 @@ def test_the_conv_stem_refuses_a_single_token_crop():
     assert _build_model(TrainConfig(n_mels=16, stem="patch"), *args).grid == (1, 1)
 
 
+def test_an_unreadable_init_checkpoint_is_named_in_one_line(tmp_path):
+    from audiovit.checkpoint import CheckpointError
+    from audiovit.features import FeatureConfig
+    from audiovit.train import _build_model
+
+    args = (FeatureConfig(n_mels=32), 4, 64, "cpu", lambda *a: None)
+    for name in ("vit.safetensors", "vit.pth"):
+        (tmp_path / name).write_bytes(b"not a checkpoint at all")
+        with pytest.raises(CheckpointError, match=name):
+            _build_model(TrainConfig(init=str(tmp_path / name)), *args)
+
+
 def test_depth_overrides_the_presets_layer_count():
     from audiovit.features import FeatureConfig
     from audiovit.train import _build_model
@@ -151,7 +163,9 @@ def test_depth_overrides_the_presets_layer_count():
 
 def test_bad_choices_fail_before_any_work():
     for bad in ({"stem": "resnet"}, {"norm": "batch"}, {"preset": "huge"}, {"pool": "max"},
-                {"teacher": "resnet"}, {"depth": -1}, {"stem": "conv", "patch_stride": 10}):  # fmt: skip
+                {"teacher": "resnet"}, {"depth": -1}, {"stem": "conv", "patch_stride": 10},
+                {"batch_size": 0}, {"epochs": 0}, {"mixup": -1.0}, {"label_smoothing": 1.5},
+                {"freq_mask": 2.0}, {"sr": 0}, {"init": "/no/such/vit.safetensors"}):  # fmt: skip
         with pytest.raises(ValueError, match=next(iter(bad)) if len(bad) == 1 else "stride"):
             TrainConfig(**bad)
     for no_layer in ({"teacher": "cnn"}, {"preset": "cnn"}, {"depth": 0}):

@@ -76,11 +76,18 @@ def save_model(
     )
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
-    """Rebuild (model in eval mode, FeatureConfig, labels, meta) from a model file alone."""
+def read_model_file(path: str | os.PathLike) -> dict:
+    """A model file's contents (format, configs, labels, meta, state_dict), checked to be one."""
     obj = safe_load(path)
     if obj.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not an audiovit model file (format {obj.get('format')!r})")
+        hint = " (a training state: use the run's model.pt)" if "optimizer" in obj else ""
+        raise CheckpointError(f"{path}: not an audiovit model file{hint}")
+    return obj
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """Rebuild (model in eval mode, FeatureConfig, labels, meta) from a model file alone."""
+    obj = read_model_file(path)
     model = ViT(ModelConfig(**obj["model_config"]))
     model.load_state_dict(obj["state_dict"])
     return (

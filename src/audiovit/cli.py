@@ -123,6 +123,8 @@ def cmd_evaluate(args) -> int:
     m, skipped, _ = evaluate.evaluate_items(clf, items, cache, args.hop)
     for line in skipped:
         print(f"skipped: {line}")
+    if m["n"] == 0:
+        raise SystemExit("audiovit: error: no file could be scored (every one was skipped)")
     print(f"{'test split' if split_given else 'all files'}:\n{evaluate.format_table(m)}")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -280,9 +282,9 @@ def cmd_serve(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .checkpoint import safe_load
+    from .checkpoint import read_model_file
 
-    obj = safe_load(args.model)
+    obj = read_model_file(args.model)
     info = {k: obj.get(k) for k in ("format", "labels", "model_config", "feature_config", "meta")}
     info["n_parameters"] = int(sum(v.numel() for v in obj["state_dict"].values()))
     print(json.dumps(info, indent=2, ensure_ascii=False))
@@ -394,6 +396,10 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except (AudioError, CheckpointError, DataError, TrainingError, ValueError) as e:
         print(f"audiovit: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # an --out that is a file, a folder that cannot be written, a full disk
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"audiovit: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("audiovit: interrupted; a training run continues with --resume", file=sys.stderr)

@@ -55,6 +55,18 @@ IMBALANCE = 1.5  # largest / smallest class above which training draws classes e
 BEFORE_FIELD = {"stem": "patch"}
 
 
+# (field, lowest, highest or None) allowed for TrainConfig's numbers
+RANGES = (
+    ("epochs", 1, None), ("batch_size", 1, None), ("lr", 1e-12, None), ("min_lr", 0, None),
+    ("warmup_epochs", 0, None), ("weight_decay", 0, None), ("label_smoothing", 0, 1),
+    ("mixup", 0, None), ("grad_clip", 1e-12, None), ("crop_s", 1e-3, None),
+    ("max_crop_s", 1e-3, None), ("patch_stride", 1, None), ("drop_path", 0, 1),
+    ("crops_per_clip", 1, None), ("freq_mask", 0, 1), ("time_mask", 0, 1), ("n_masks", 0, None),
+    ("time_warp", 0, None), ("freq_warp", 0, 1), ("ema_epochs", 0, None), ("distill", 0, 1),
+    ("distill_t", 1e-3, None), ("eval_hop_s", 1e-3, None), ("sr", 1000, None), ("n_mels", 1, None),
+)  # fmt: skip
+
+
 class TrainingError(Exception):
     """Training cannot go on; the message says why in one line."""
 
@@ -126,6 +138,13 @@ class TrainConfig:
         if 0 in layers and self.stem != "conv":
             raise ValueError("a model with no transformer layer (the cnn preset, --depth 0) is "
                              "the conv stem alone: it needs stem='conv'")  # fmt: skip
+        for name, lo, hi in RANGES:  # a 0 batch size or a negative mixup fails here, named
+            v = getattr(self, name)
+            if v is not None and not (lo <= v and (hi is None or v <= hi)):
+                bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+                raise ValueError(f"{name} must be {bound}; got {v}")
+        if self.init is not None and not Path(self.init).is_file():
+            raise ValueError(f"init: {self.init}: no such file")
         if self.stem == "conv" and self.patch_stride != CONV_STRIDE:
             raise ValueError(f"the conv stem has a fixed stride of {CONV_STRIDE}: overlapping "
                              "patches need stem='patch' (--stem patch)")  # fmt: skip
@@ -710,7 +729,11 @@ def _read_state_dict(path: str) -> dict:
     if str(path).endswith(".safetensors"):
         from safetensors.torch import load_file
 
-        return load_file(path)
+        try:
+            return load_file(path)
+        except Exception as e:  # SafetensorError (not a public class), OSError
+            msg = f"{path}: not a readable safetensors file ({e})"
+            raise checkpoint.CheckpointError(msg) from None
     return checkpoint.safe_load(path)
 
 
