@@ -39,6 +39,14 @@ def test_manifest_with_folds(tmp_path):
         data.make_splits(ds, SplitOptions(test_fold="7"))
 
 
+def test_manifest_rows_without_path_or_label_are_skipped_and_counted(tmp_path):
+    rows = ["path,label,fold", "a.wav,dog,1", "b.wav,,1", "c.wav", ",cat,2", "d.wav, cat ,2"]
+    (tmp_path / "m.csv").write_text("\n".join(rows))
+    ds = data.load_dataset(tmp_path / "m.csv")
+    assert [(it.path.name, it.label) for it in ds.items] == [("a.wav", "dog"), ("d.wav", "cat")]
+    assert ds.notes == ["3 rows without a path or a label skipped (lines 3, 4, 5)"]
+
+
 def test_manifest_split_column(tmp_path):
     rows = ["path,label,split"] + [
         f"{i}.wav,{'ab'[i % 2]},{['train', 'test', 'train'][i % 3]}" for i in range(30)

@@ -97,17 +97,24 @@ def read_manifest(csv_path: Path) -> Dataset:
         raise DataError(f"{csv_path}: cannot read manifest ({e})") from None
     if not rows or not {"path", "label"} <= set(rows[0]):
         raise DataError(f"{csv_path}: a manifest needs a header with at least 'path' and 'label'")
-    items, bad_split = [], 0
-    for row in rows:
+    items, bad_split, incomplete = [], 0, []
+    for line, row in enumerate(rows, start=2):  # line 1 is the header
+        path, label = ((row.get(k) or "").strip() for k in ("path", "label"))
+        if not path or not label:  # a short or half-filled row
+            incomplete.append(line)
+            continue
         split = (row.get("split") or "").strip().lower() or None
         if split is not None and split not in SPLITS:
             bad_split += 1
             split = None
         opt = {k: (row.get(k) or "").strip() or None for k in ("fold", "group")}
         items.append(
-            Item(path=root / row["path"].strip(), label=row["label"].strip(), split=split, **opt)
+            Item(path=root / path, label=label, split=split, **opt)
         )
     notes = [f"{bad_split} rows with a split other than train/valid/test"] if bad_split else []
+    if incomplete:
+        shown = ", ".join(map(str, incomplete[:10])) + (", ..." if len(incomplete) > 10 else "")
+        notes.append(f"{len(incomplete)} rows without a path or a label skipped (lines {shown})")
     return Dataset(root=root, items=items, notes=notes)
 
 
