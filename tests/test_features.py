@@ -153,3 +153,22 @@ def test_cache_fill_decodes_only_a_few_files_ahead_of_its_consumer(tmp_path):
     assert len(rest) == 11 and len(pulled) == 12
     for p, g in zip(paths, [first, *rest]):
         np.testing.assert_array_equal(g, cache.get(p))
+
+
+def test_a_cache_that_cannot_be_written_warns_once_and_still_gives_features(tmp_path):
+    import soundfile as sf
+
+    from conftest import sine
+
+    for i in range(2):
+        sf.write(tmp_path / f"{i}.wav", sine(0.3, sr=16000, hz=300.0 + 100 * i), 16000)
+    (tmp_path / "cache").write_text("a file where the cache folder should be")
+    logmel = LogMel(FeatureConfig(n_mels=32))
+    cache = F.FeatureCache(tmp_path / "cache", logmel)
+    with pytest.warns(UserWarning, match="cannot write") as caught:
+        got = [cache.get(tmp_path / f"{i}.wav") for i in range(2)]
+    assert len(caught) == 1
+    fresh = F.FeatureCache(tmp_path / "fresh", logmel)
+    for i, g in enumerate(got):
+        np.testing.assert_array_equal(g, fresh.get(tmp_path / f"{i}.wav"))
+    assert [p.name for p in tmp_path.iterdir() if ".tmp" in p.name] == []

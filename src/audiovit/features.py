@@ -7,10 +7,12 @@ and kept as a non-persistent buffer; the STFT and the mel product always run in 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import threading
+import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -200,6 +202,7 @@ class FeatureCache:
             json.dumps(logmel.cfg.to_dict(), sort_keys=True).encode()
         ).hexdigest()
         self.root = Path(root) / cfg_key[:12]
+        self._warned = False  # a cache that cannot be written is said once
 
     def _entry(self, path: Path) -> Path:
         st = path.stat()
@@ -216,14 +219,23 @@ class FeatureCache:
         except FileNotFoundError:
             pass
         except (ValueError, OSError, EOFError):
-            entry.unlink(missing_ok=True)  # a damaged entry: rebuild it
+            with contextlib.suppress(OSError):  # a damaged entry: rebuild it
+                entry.unlink(missing_ok=True)
         with torch.inference_mode():
             feats = file_log_mel(path, self.logmel).cpu().numpy().astype(np.float16)
-        entry.parent.mkdir(parents=True, exist_ok=True)
         tmp = entry.with_suffix(f".tmp{os.getpid()}-{threading.get_ident()}")
-        with open(tmp, "wb") as f:
-            np.save(f, feats, allow_pickle=False)
-        os.replace(tmp, entry)
+        try:
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                np.save(f, feats, allow_pickle=False)
+            os.replace(tmp, entry)
+        except OSError as e:  # a read-only or full cache: the features are still good
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            if not self._warned:
+                self._warned = True
+                warnings.warn(f"feature cache {self.root}: cannot write ({e.strerror or e}); "
+                              "features are computed without it", stacklevel=2)  # fmt: skip
         return feats
 
     def get_many(
