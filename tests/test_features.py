@@ -172,3 +172,24 @@ def test_a_cache_that_cannot_be_written_warns_once_and_still_gives_features(tmp_
     for i, g in enumerate(got):
         np.testing.assert_array_equal(g, fresh.get(tmp_path / f"{i}.wav"))
     assert [p.name for p in tmp_path.iterdir() if ".tmp" in p.name] == []
+
+
+def test_the_first_frames_of_a_file_stop_decoding_there(tmp_path, monkeypatch):
+    import soundfile as sf
+
+    from conftest import sine
+
+    sf.write(tmp_path / "long.wav", sine(100.0, sr=16000, hz=440.0), 16000)
+    logmel = LogMel(FeatureConfig(n_mels=32))
+    whole = F.file_log_mel(tmp_path / "long.wav", logmel)
+    pulled, stream = [], F.audio.stream
+
+    def counting(*args, **kwargs):
+        for block in stream(*args, **kwargs):
+            pulled.append(len(block))
+            yield block
+
+    monkeypatch.setattr(F.audio, "stream", counting)
+    first = F.file_log_mel(tmp_path / "long.wav", logmel, max_frames=150)  # 1.5 s
+    torch.testing.assert_close(first, whole[:, :150])
+    assert sum(pulled) <= F.audio.BLOCK_SECONDS * 16000  # one block, not all 100 s

@@ -108,9 +108,7 @@ def read_manifest(csv_path: Path) -> Dataset:
             bad_split += 1
             split = None
         opt = {k: (row.get(k) or "").strip() or None for k in ("fold", "group")}
-        items.append(
-            Item(path=root / path, label=label, split=split, **opt)
-        )
+        items.append(Item(path=root / path, label=label, split=split, **opt))
     notes = [f"{bad_split} rows with a split other than train/valid/test"] if bad_split else []
     if incomplete:
         shown = ", ".join(map(str, incomplete[:10])) + (", ..." if len(incomplete) > 10 else "")

@@ -33,9 +33,8 @@ def saliency(
     Raises audio.AudioError for a file that cannot be decoded.
     """
     cfg = clf.feature_cfg
-    with torch.inference_mode():
-        feats = file_log_mel(path, clf.logmel)
-    feats = feats[:, : cfg.n_frames(max_seconds)].clone()
+    with torch.inference_mode():  # decoding stops after max_seconds
+        feats = file_log_mel(path, clf.logmel, max_frames=cfg.n_frames(max_seconds)).clone()
     T = feats.shape[1]
     windows, starts = frame_windows(feats, clf.win, clf.hop_frames(hop_s))
     x = windows.to(clf.device).requires_grad_(True)  # (W, F, win)

@@ -160,10 +160,20 @@ def stream_log_mel(blocks: Iterable[np.ndarray], logmel: LogMel) -> Iterator[tor
         yield frames
 
 
-def file_log_mel(path: str | os.PathLike, logmel: LogMel) -> torch.Tensor:
-    """A whole file's log-mel, (F, T). Raises audio.AudioError."""
-    chunks = list(stream_log_mel(audio.stream(path, sr=logmel.cfg.sr), logmel))
-    return torch.cat(chunks, dim=1)
+def file_log_mel(
+    path: str | os.PathLike, logmel: LogMel, max_frames: int | None = None
+) -> torch.Tensor:
+    """A file's log-mel, (F, T): the whole file, or its first ``max_frames`` frames (decoding
+    stops there). Raises audio.AudioError."""
+    chunks, n = [], 0
+    frames = stream_log_mel(audio.stream(path, sr=logmel.cfg.sr), logmel)
+    for chunk in frames:
+        chunks.append(chunk)
+        n += chunk.shape[1]
+        if max_frames is not None and n >= max_frames:
+            frames.close()
+            break
+    return torch.cat(chunks, dim=1)[:, :max_frames]
 
 
 def spec_augment(
