@@ -46,7 +46,8 @@ def test_predict_file_waveform_and_features_agree(trained, synth_root):
     assert abs(from_file.duration_s - 1.0) < 1e-3
     assert from_file.segments[0].start_s == 0 and from_file.segments[-1].end_s == pytest.approx(1.0)
     d = from_file.to_dict(timeline=True)
-    assert set(d) == {"path", "label", "score", "top_k", "duration_s", "segments"}
+    assert set(d) == {"path", "label", "score", "top_k", "duration_s", "segments", "timeline"}
+    assert [w["label"] for w in d["timeline"]] == [w.label for w in from_file.timeline()]
 
 
 @pytest.mark.parametrize("hop_s", [None, 0.25])

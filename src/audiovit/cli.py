@@ -331,7 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--json", action="store_true", help="one JSON object per input per line")
     p.add_argument(
-        "--timeline", action="store_true", help="also give every window's label over time"
+        "--timeline",
+        action="store_true",
+        help="also give the labels over time: runs of one label (text and JSON "
+        "'timeline') and, in JSON, every window ('segments')",
     )
     p.add_argument(
         "--hop", type=float, help="seconds between scored windows (default: one window, no overlap)"

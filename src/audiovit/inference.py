@@ -76,12 +76,13 @@ class Prediction:
             "top_k": [{"label": lb, "score": round(s, 6)} for lb, s in self.top_k],
             "duration_s": round(self.duration_s, 3),
         }
-        if timeline:
-            d["segments"] = [
-                {"start_s": round(w.start_s, 3), "end_s": round(w.end_s, 3), "label": w.label,
-                 "score": round(w.score, 6)}
-                for w in self.segments
-            ]  # fmt: skip
+        if timeline:  # every window ("segments") and runs of one label ("timeline")
+            for key, windows in (("segments", self.segments), ("timeline", self.timeline())):
+                d[key] = [
+                    {"start_s": round(w.start_s, 3), "end_s": round(w.end_s, 3), "label": w.label,
+                     "score": round(w.score, 6)}
+                    for w in windows
+                ]  # fmt: skip
         return d
 
 

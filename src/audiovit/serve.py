@@ -135,7 +135,6 @@ def _predict_bytes(
             raise _Reject(422, str(e)) from None
     out = pred.to_dict(timeline=True)
     out["path"] = filename  # never the server-side temporary path
-    out["timeline"] = [s.__dict__ for s in pred.timeline()]
     seconds_per_column = pred.duration_s / max(1, pred.overview.shape[1])
     out["spectrogram"] = {
         "db": np.round(pred.overview, 1).tolist(),
