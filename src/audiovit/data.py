@@ -195,7 +195,7 @@ def stratified_group_split(
         want["train"] = total - sum(want.values())
         got = dict.fromkeys(want, 0)
         for i, members in enumerate(class_groups):
-            if i == 0 or len(class_groups) < 2:
+            if i == 0:
                 name = "train"  # every class keeps its largest group for training
             else:
                 name = max(want, key=lambda k: (want[k] - got[k], k == "train"))

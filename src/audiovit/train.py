@@ -401,7 +401,8 @@ def balanced_sampling(cfg: TrainConfig, targets: list[int]) -> bool:
 
 
 def n_batches(n: int, batch_size: int) -> int:
-    """Batches in an epoch of ``n`` crops; the ragged last batch is dropped."""
+    """Batches in an epoch of ``n`` crops; the ragged last batch is dropped (fewer crops than
+    one batch: one short batch)."""
     return n // batch_size if n >= batch_size else 1
 
 
