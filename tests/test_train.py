@@ -150,6 +150,22 @@ def test_an_unreadable_init_checkpoint_is_named_in_one_line(tmp_path):
             _build_model(TrainConfig(init=str(tmp_path / name)), *args)
 
 
+def test_resume_ignores_where_features_live_but_not_a_changed_setting(tmp_path):
+    from audiovit.features import FeatureConfig
+    from audiovit.train import _build_model, _optimizer, _restore, _save_state
+
+    cfg = TrainConfig(n_mels=32, cache_dir=str(tmp_path / "cache"))
+    model = _build_model(cfg, FeatureConfig(n_mels=32), 2, 64, "cpu", lambda *a: None)
+    state = {"epoch": 3, "step": 30, "best": 0.5, "log": []}
+    _save_state(tmp_path, model, _optimizer(model, cfg), None, cfg, ["a", "b"], state)
+    moved = replace(cfg, cache_dir=str(tmp_path / "elsewhere"), device="cpu")
+    assert _restore(tmp_path, moved, ["a", "b"], model, _optimizer(model, moved), None,
+                    lambda *a: None)["epoch"] == 3  # fmt: skip
+    with pytest.raises(TrainingError, match="--lr 0.0005 \\(now 0.001\\)"):
+        _restore(tmp_path, replace(cfg, lr=1e-3), ["a", "b"], model, _optimizer(model, cfg),
+                 None, lambda *a: None)  # fmt: skip
+
+
 def test_depth_overrides_the_presets_layer_count():
     from audiovit.features import FeatureConfig
     from audiovit.train import _build_model

@@ -53,6 +53,8 @@ IMBALANCE = 1.5  # largest / smallest class above which training draws classes e
 # before the field existed had (its last.pt has no entry for them), so resuming such a run
 # rebuilds the same model; a refused resume names it
 BEFORE_FIELD = {"stem": "patch"}
+# where a run's features and arithmetic happen, not what it learns: free to differ on resume
+NOT_SETTINGS = ("cache_dir", "device")
 
 
 # (field, lowest, highest or None) allowed for TrainConfig's numbers
@@ -660,6 +662,8 @@ def _restore(
     then = asdict(TrainConfig(**{**BEFORE_FIELD, **{
         k: v for k, v in saved.get("train_config", {}).items() if k in known}}))  # fmt: skip
     now = asdict(cfg)
+    for k in NOT_SETTINGS:
+        then.pop(k), now.pop(k)
     if then != now or saved.get("labels") != labels:
         earlier = lambda k: ", the earlier default" if BEFORE_FIELD.get(k) == then[k] else ""  # noqa: E731
         diff = ", ".join(f"--{k.replace('_', '-')} {then[k]} (now {now[k]}{earlier(k)})"
