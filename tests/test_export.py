@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -28,8 +30,6 @@ def test_predict_with_the_onnx_backend(trained, synth_root, tmp_path):
     path = sorted((synth_root / "tone").glob("*.wav"))[0]
     expected = audiovit.load_model(trained / "model.pt", device="cpu", amp=False).predict(path)
     r = run("predict", tmp_path / "m.onnx", path, "--backend", "onnx", "--json")
-    import json
-
     got = json.loads(r.stdout)
     assert got["label"] == expected.label and got["score"] == pytest.approx(
         expected.score, abs=1e-4
@@ -37,3 +37,21 @@ def test_predict_with_the_onnx_backend(trained, synth_root, tmp_path):
     np.testing.assert_allclose(
         load_onnx(tmp_path / "m.onnx").predict(path).probs, expected.probs, atol=1e-5
     )
+
+
+def test_a_broken_onnx_pair_is_named_in_one_line(tmp_path):
+    from audiovit.checkpoint import CheckpointError
+    from audiovit.export import FORMAT
+
+    onnx_file, side = tmp_path / "m.onnx", tmp_path / "m.json"
+    onnx_file.write_bytes(b"not a graph")
+    side.write_text("{ truncated")
+    with pytest.raises(CheckpointError, match="m.json: not a readable sidecar"):
+        load_onnx(onnx_file)
+    side.write_text(json.dumps({"format": FORMAT, "labels": ["a"]}))  # configs missing
+    with pytest.raises(CheckpointError, match="m.json: not an audiovit ONNX sidecar"):
+        load_onnx(onnx_file)
+    side.write_text(json.dumps({"format": FORMAT, "labels": ["a"], "feature_config": {},
+                                "model_config": {"n_frames": 16, "n_mels": 16}}))  # fmt: skip
+    with pytest.raises(CheckpointError, match="m.onnx: not a loadable ONNX model"):
+        load_onnx(onnx_file)

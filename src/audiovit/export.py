@@ -45,11 +45,20 @@ class OnnxModel:
     """Callable like the ViT on (B, F, T) tensors, but run by onnxruntime."""
 
     def __init__(self, path: str | os.PathLike, model_config: dict):
-        import onnxruntime as ort
-
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise checkpoint.CheckpointError(
+                f"{path}: the onnx backend needs onnxruntime (pip install 'audiovit[onnx]')"
+            ) from None
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = torch.get_num_threads()
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime's InvalidProtobuf, Fail, ...: not a usable graph
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            msg = f"{path}: not a loadable ONNX model ({first})"
+            raise checkpoint.CheckpointError(msg) from None
         self.cfg = type("Cfg", (), model_config)  # n_frames, n_mels, ... as attributes
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -69,8 +78,12 @@ def load_onnx(path: str | os.PathLike) -> Classifier:
     side = path.with_suffix(".json")
     if not path.is_file() or not side.is_file():
         raise checkpoint.CheckpointError(f"{path}: needs the .onnx file and its .json beside it")
-    info = json.loads(side.read_text())
-    if info.get("format") != FORMAT:
+    try:
+        info = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise checkpoint.CheckpointError(f"{side}: not a readable sidecar ({e})") from None
+    keys = ("format", "labels", "feature_config", "model_config")
+    if not isinstance(info, dict) or not all(k in info for k in keys) or info["format"] != FORMAT:
         raise checkpoint.CheckpointError(f"{side}: not an audiovit ONNX sidecar")
     model = OnnxModel(path, info["model_config"])
     return Classifier(model, FeatureConfig(**info["feature_config"]), info["labels"], device="cpu",
