@@ -15,6 +15,7 @@ from .progress import Progress
 TRAIN_HELP = {
     "preset": "model size: tiny, small or base; cnn: the conv stem alone (no transformer layer)",
     "depth": "transformer layers, overriding the preset's 12",
+    "fmax": "Hz, top of the highest mel band; unset: half the sample rate",
     "epochs": "passes over the training clips (1-5 random crops of each per pass, by clip length)",
     "lr": "peak AdamW learning rate",
     "crop_s": "training window in seconds (default: min(max-crop-s, median clip length))",

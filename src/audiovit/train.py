@@ -66,6 +66,7 @@ RANGES = (
     ("crops_per_clip", 1, None), ("freq_mask", 0, 1), ("time_mask", 0, 1), ("n_masks", 0, None),
     ("time_warp", 0, None), ("freq_warp", 0, 1), ("ema_epochs", 0, None), ("distill", 0, 1),
     ("distill_t", 1e-3, None), ("eval_hop_s", 1e-3, None), ("sr", 1000, None), ("n_mels", 1, None),
+    ("fmax", 1, None),
 )  # fmt: skip
 
 
@@ -119,6 +120,7 @@ class TrainConfig:
     eval_hop_s: float | None = None  # hop between scored windows; None: one window
     sr: int = 16000
     n_mels: int = 64  # 64 bands halve the tokens of 128 (2× faster) on a CPU budget
+    fmax: float | None = None  # Hz, top of the highest mel band; None: sr / 2
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # bf16 autocast where the hardware runs it fast
@@ -145,6 +147,8 @@ class TrainConfig:
             if v is not None and not (lo <= v and (hi is None or v <= hi)):
                 bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
                 raise ValueError(f"{name} must be {bound}; got {v}")
+        if self.fmax is not None and self.fmax > self.sr / 2:
+            raise ValueError(f"fmax must be at most sr / 2 = {self.sr / 2:g} Hz; got {self.fmax:g}")
         if self.init is not None and not Path(self.init).is_file():
             raise ValueError(f"init: {self.init}: no such file")
         if self.stem == "conv" and self.patch_stride != CONV_STRIDE:
@@ -482,7 +486,7 @@ def train(
     if not main:
         log = _silent
     amp = autocast_dtype(device) if cfg.amp else None
-    fcfg = FeatureConfig(sr=cfg.sr, n_mels=cfg.n_mels)
+    fcfg = FeatureConfig(sr=cfg.sr, n_mels=cfg.n_mels, fmax=cfg.fmax)
     cache = FeatureCache(cfg.cache_dir or default_cache_dir(), LogMel(fcfg))
     if not main:
         distributed.barrier()  # rank 0 fills the cache first; the others then read it
