@@ -160,7 +160,9 @@ def run_protocol(name: str, args, cfg: TrainConfig, only: list[str] | None = Non
     proto = PROTOCOLS[name]
     ds = data.load_dataset(args.data / proto.manifest)
     labels = ds.labels
-    cache = FeatureCache(cfg.cache_dir, LogMel(FeatureConfig(sr=cfg.sr, n_mels=cfg.n_mels, fmax=cfg.fmax)))
+    cache = FeatureCache(
+        cfg.cache_dir, LogMel(FeatureConfig(sr=cfg.sr, n_mels=cfg.n_mels, fmax=cfg.fmax))
+    )
     folds, all_true, all_pred, base_true, base_pred, last_true, last_pred = ([] for _ in range(7))
     t_protocol = time.perf_counter()
     for fold, splits in fold_splits(ds, proto):
