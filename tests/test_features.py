@@ -171,7 +171,6 @@ def test_a_cache_that_cannot_be_written_warns_once_and_still_gives_features(tmp_
     fresh = F.FeatureCache(tmp_path / "fresh", logmel)
     for i, g in enumerate(got):
         np.testing.assert_array_equal(g, fresh.get(tmp_path / f"{i}.wav"))
-    assert [p.name for p in tmp_path.iterdir() if ".tmp" in p.name] == []
 
 
 def test_the_first_frames_of_a_file_stop_decoding_there(tmp_path, monkeypatch):

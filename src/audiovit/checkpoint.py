@@ -40,6 +40,12 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
         raise
 
 
+def first_line(e: Exception) -> str:
+    """An exception's first line (at most 200 characters), or its type where it says nothing."""
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
+
+
 def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Load a file written by :func:`atomic_save` without executing any code from it."""
     path = Path(path)
@@ -48,8 +54,7 @@ def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # pickle.UnpicklingError for crafted files, RuntimeError for torn ones
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: not a loadable audiovit file ({first[:200]})") from None
+        raise CheckpointError(f"{path}: not a loadable audiovit file ({first_line(e)})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: not an audiovit file")
     return obj

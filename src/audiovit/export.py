@@ -56,8 +56,7 @@ class OnnxModel:
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime's InvalidProtobuf, Fail, ...: not a usable graph
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            msg = f"{path}: not a loadable ONNX model ({first})"
+            msg = f"{path}: not a loadable ONNX model ({checkpoint.first_line(e)})"
             raise checkpoint.CheckpointError(msg) from None
         self.cfg = type("Cfg", (), model_config)  # n_frames, n_mels, ... as attributes
 
