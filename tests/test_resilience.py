@@ -13,6 +13,7 @@ import time
 from test_cli import fast_flags, run
 
 from audiovit import checkpoint
+from audiovit.train import TIMINGS
 
 
 def _start(*args) -> subprocess.Popen:
@@ -31,7 +32,7 @@ def _wait_for_epochs(proc: subprocess.Popen, log, n: int, timeout: float = 120) 
 
 def _comparable(path) -> list[dict]:
     rows = [json.loads(x) for x in path.read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in ("epoch_s", "clips_per_s")} for r in rows]
+    return [{k: v for k, v in r.items() if k not in TIMINGS} for r in rows]
 
 
 def test_sigkill_at_several_points_then_resume(synth_root, tmp_path):

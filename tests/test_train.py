@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from audiovit import data
-from audiovit.train import TrainConfig, TrainingError, train
+from audiovit.train import TIMINGS, TrainConfig, TrainingError, train
 from conftest import FAST
 
 
@@ -54,8 +54,7 @@ def test_resume_reproduces_the_uninterrupted_run(synth_root, tmp_path, monkeypat
     log_full = (tmp_path / "full" / "log.jsonl").read_text().splitlines()
     log_cut = (tmp_path / "cut" / "log.jsonl").read_text().splitlines()
     strip = lambda lines: [
-        {k: v for k, v in json.loads(x).items() if k not in ("epoch_s", "clips_per_s")}
-        for x in lines
+        {k: v for k, v in json.loads(x).items() if k not in TIMINGS} for x in lines
     ]
     assert strip(log_cut) == strip(log_full)
     if "teacher" in extra:  # the kill came in the teacher's epoch 3: its run resumed too
@@ -150,6 +149,35 @@ def test_an_unreadable_init_checkpoint_is_named_in_one_line(tmp_path):
             _build_model(TrainConfig(init=str(tmp_path / name)), *args)
 
 
+def test_a_missing_init_fails_before_any_work_but_a_resume_does_not_need_it(synth_root, tmp_path):
+    from test_model import _imagenet_state
+
+    ds, splits = _splits(synth_root)
+    cfg = TrainConfig(**{**FAST, "epochs": 1}, depth=2, cache_dir=str(tmp_path / "cache"))
+    init = tmp_path / "vit.pth"
+    with pytest.raises(TrainingError, match="--init .*vit.pth: no such file"):
+        train(ds, splits, replace(cfg, init=str(init)), tmp_path / "run", log=lambda *a: None)
+    assert not (tmp_path / "cache").exists()  # refused before the features were computed
+    torch.save(_imagenet_state(width=192, heads=3, layers=2), init)
+    cfg = replace(cfg, init=str(init))
+    train(ds, splits, cfg, tmp_path / "run", log=lambda *a: None)
+    init.unlink()  # last.pt holds the weights now
+    logs = []
+    train(ds, splits, cfg, tmp_path / "run", resume=True, log=logs.append)
+    assert any("resuming after epoch 1" in line for line in logs)
+
+
+def test_the_log_counts_the_crops_an_epoch_trained(synth_root, tmp_path):
+    ds, splits = _splits(synth_root)
+    cfg = TrainConfig(**{**FAST, "epochs": 1, "batch_size": 512, "max_crop_s": 9.0}, depth=1,
+                      cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    train(ds, splits, cfg, tmp_path / "run", log=lambda *a: None)
+    rec = json.loads((tmp_path / "run" / "log.jsonl").read_text())
+    crops = rec["clips_per_s"] * rec["train_s"]  # one crop per clip: windows as long as clips
+    assert len(splits.train) < cfg.batch_size  # one batch, part full
+    assert crops == pytest.approx(len(splits.train), rel=0.05)
+
+
 def test_resume_ignores_where_features_live_but_not_a_changed_setting(tmp_path):
     from audiovit.features import FeatureConfig
     from audiovit.train import _build_model, _optimizer, _restore, _save_state
@@ -181,7 +209,7 @@ def test_bad_choices_fail_before_any_work():
     for bad in ({"stem": "resnet"}, {"norm": "batch"}, {"preset": "huge"}, {"pool": "max"},
                 {"teacher": "resnet"}, {"depth": -1}, {"stem": "conv", "patch_stride": 10},
                 {"batch_size": 0}, {"epochs": 0}, {"mixup": -1.0}, {"label_smoothing": 1.5},
-                {"freq_mask": 2.0}, {"sr": 0}, {"init": "/no/such/vit.safetensors"}):  # fmt: skip
+                {"freq_mask": 2.0}, {"sr": 0}):  # fmt: skip
         with pytest.raises(ValueError, match=next(iter(bad)) if len(bad) == 1 else "stride"):
             TrainConfig(**bad)
     for no_layer in ({"teacher": "cnn"}, {"preset": "cnn"}, {"depth": 0}):

@@ -55,6 +55,7 @@ IMBALANCE = 1.5  # largest / smallest class above which training draws classes e
 BEFORE_FIELD = {"stem": "patch"}
 # where a run's features and arithmetic happen, not what it learns: free to differ on resume
 NOT_SETTINGS = ("cache_dir", "device")
+TIMINGS = ("epoch_s", "train_s", "clips_per_s")  # log.jsonl's wall-clock fields
 
 
 # (field, lowest, highest or None) allowed for TrainConfig's numbers
@@ -149,8 +150,6 @@ class TrainConfig:
                 raise ValueError(f"{name} must be {bound}; got {v}")
         if self.fmax is not None and self.fmax > self.sr / 2:
             raise ValueError(f"fmax must be at most sr / 2 = {self.sr / 2:g} Hz; got {self.fmax:g}")
-        if self.init is not None and not Path(self.init).is_file():
-            raise ValueError(f"init: {self.init}: no such file")
         if self.stem == "conv" and self.patch_stride != CONV_STRIDE:
             raise ValueError(f"the conv stem has a fixed stride of {CONV_STRIDE}: overlapping "
                              "patches need stem='patch' (--stem patch)")  # fmt: skip
@@ -477,6 +476,9 @@ def train(
     the teacher's own run folder as ``out``/teacher.
     """
     out = Path(out)
+    resuming = resume and (out / "last.pt").exists()  # last.pt's weights replace --init's
+    if cfg.init and not resuming and not Path(cfg.init).is_file():
+        raise TrainingError(f"--init {cfg.init}: no such file")
     out.mkdir(parents=True, exist_ok=True)
     device = distributed.setup(resolve_device(cfg.device))
     main = distributed.is_main()
@@ -501,7 +503,8 @@ def train(
     n_frames = crop_frames(cfg, fcfg, prep["train"])
     repeats = crops_per_clip(cfg, prep["train"], n_frames)
     balanced = balanced_sampling(cfg, prep["train"].targets)
-    model = _build_model(cfg, fcfg, len(labels), n_frames, device, log)
+    model = _build_model(replace(cfg, init=None) if resuming else cfg, fcfg, len(labels), n_frames,
+                         device, log)  # fmt: skip
     opt = _optimizer(model, cfg)
     steps = n_batches(len(prep["train"].feats) * repeats, cfg.batch_size)
     ema = WeightAverage(model, 1 - 1 / (cfg.ema_epochs * steps)) if cfg.ema_epochs > 0 else None
@@ -550,8 +553,8 @@ def train(
             vm, vloss, _ = validate(clf, prep["valid"], labels, cfg.eval_hop_s)
             rec = {"epoch": epoch, "train_loss": loss, "train_acc": acc, "valid_loss": vloss,
                    "valid_acc": vm["accuracy"], "lr": opt.param_groups[0]["lr"],
-                   "epoch_s": round(time.perf_counter() - t0, 2),
-                   "clips_per_s": round(len(batches) * cfg.batch_size / train_s, 1)}  # fmt: skip
+                   "epoch_s": round(time.perf_counter() - t0, 2), "train_s": round(train_s, 3),
+                   "clips_per_s": round(batches.n / train_s, 1)}  # fmt: skip
             state["log"].append(rec)
             score = (vm["accuracy"], -vloss)
             is_best = state["best"] is None or score > tuple(state["best"])
