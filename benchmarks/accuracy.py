@@ -12,9 +12,10 @@ Protocols (the datasets' manifests in ../shared/data encode them; see its README
     us8k            UrbanSound8K, train on folds 1-3, test on fold 10
 
 Each fold trains with ``audiovit.train`` and ``TrainConfig()`` as a new user gets it (validation
-is carved from the training folds, group-aware), and scores the best-on-validation model on the
-held-out fold. The last epoch's weights are scored on the same fold too ("last epoch" columns):
-the same run under the other selection rule, so the two compare without seed noise. Next to every
+is carved from the training folds, group-aware), and scores its model.pt on the held-out fold:
+the best epoch on validation (``keep="best"``, the default). The last epoch's weights are scored
+on the same fold too ("last epoch" columns): the same run under the other rule, so the two compare
+without seed noise (runs with ``keep="last"`` score the same weights twice, so once). Next to every
 ViT row sits a classical reference measured on the same splits and
 the same log-mels: MFCC statistics (20 coefficients and their deltas, mean and standard
 deviation) → standardisation → an RBF SVM (scikit-learn, a benchmark-only dependency), trained
@@ -185,7 +186,11 @@ def run_protocol(name: str, args, cfg: TrainConfig, only: list[str] | None = Non
         true, pred = read_predictions(run)
         all_true += true
         all_pred += pred
-        lt, lp = last_epoch_predictions(run, splits.test, cache, cfg)
+        lt, lp = (
+            (true, pred)
+            if cfg.keep == "last"
+            else last_epoch_predictions(run, splits.test, cache, cfg)
+        )
         last_true += lt
         last_pred += lp
         bt, bp = run_baseline(splits, cache)
@@ -232,12 +237,14 @@ def _best_epoch(run: Path) -> int | None:
 
 
 def _model(row: dict) -> str:
-    """The preset, stem and schedule, marked where they differ from the defaults (rows from
-    before the stem field trained the patch embedding)."""
+    """The preset, stem, schedule and kept epoch, marked where they differ from the defaults
+    (rows from before the stem and keep fields trained the patch embedding and kept the best
+    epoch on validation)."""
     d, s = TrainConfig(), row["settings"]
-    stem = s.get("stem", "patch")
-    same = (s["preset"], stem, s["epochs"]) == (d.preset, d.stem, d.epochs)
-    return f"{s['preset']}, {stem} stem, {s['epochs']} epochs{'' if same else ' (not default)'}"
+    stem, keep = s.get("stem", "patch"), s.get("keep", "best")
+    same = (s["preset"], stem, s["epochs"], keep) == (d.preset, d.stem, d.epochs, d.keep)
+    return (f"{s['preset']}, {stem} stem, {s['epochs']} epochs, {keep} epoch kept"
+            f"{'' if same else ' (not default)'}")  # fmt: skip
 
 
 def last_cell(row: dict) -> str:
@@ -254,8 +261,8 @@ def write_results(rows: dict) -> None:
         "# Accuracy (default settings, no tuning flags)", "",
         "Written by `python benchmarks/accuracy.py`; each row's own command, date and hardware "
         "are in accuracy.json. MFCC+SVM: the classical reference on the same splits and log-mels. "
-        "Last epoch: the same runs scored with their last epoch's weights instead of the "
-        "best-on-validation epoch's.",
+        "Accuracy: the epoch each run kept (the model column names it). Last epoch: the same runs "
+        "scored with their last epoch's weights, so the two rules compare without seed noise.",
         "",
         "| dataset | protocol | model | accuracy | balanced acc. | macro-F1 | test clips | target | "
         "MFCC+SVM | last epoch | train time | hardware | date |",

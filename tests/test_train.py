@@ -167,6 +167,24 @@ def test_a_missing_init_fails_before_any_work_but_a_resume_does_not_need_it(synt
     assert any("resuming after epoch 1" in line for line in logs)
 
 
+def test_model_pt_holds_the_epoch_that_keep_names(synth_root, tmp_path):
+    from audiovit import checkpoint
+
+    ds, splits = _splits(synth_root)
+    for keep in ("last", "best"):
+        cfg = TrainConfig(**{**FAST, "epochs": 4}, depth=1, keep=keep,
+                          cache_dir=str(tmp_path / "cache"))  # fmt: skip
+        m = train(ds, splits, cfg, tmp_path / keep, log=lambda *a: None)
+        log = [json.loads(x) for x in (tmp_path / keep / "log.jsonl").read_text().splitlines()]
+        best = max(log, key=lambda r: (r["valid_acc"], -r["valid_loss"]))["epoch"]
+        model, _, _, meta = checkpoint.load_model(tmp_path / keep / "model.pt")
+        assert m["best_epoch"] == best and m["keep"] == keep
+        assert meta["epoch"] == m["epoch"] == (4 if keep == "last" else best)
+        last = checkpoint.safe_load(tmp_path / keep / "last.pt")["model"]
+        same = all(torch.equal(v, last[k]) for k, v in model.state_dict().items())
+        assert same == (meta["epoch"] == 4)
+
+
 def test_the_log_counts_the_crops_an_epoch_trained(synth_root, tmp_path):
     ds, splits = _splits(synth_root)
     cfg = TrainConfig(**{**FAST, "epochs": 1, "batch_size": 512, "max_crop_s": 9.0}, depth=1,

@@ -24,6 +24,14 @@ border-bottom:1px solid #eef0f5;text-align:right}th:first-child,td:first-child{t
 """
 
 
+def kept_weights(m: dict) -> str:
+    """Which epoch's weights a run's metrics are of, in words (runs from before ``keep``
+    existed kept the best on validation)."""
+    if m.get("keep", "best") == "best":
+        return f"best epoch on validation ({m.get('best_epoch')})"
+    return f"last epoch ({m.get('epoch')}; best on validation: {m.get('best_epoch')})"
+
+
 def _table(header: list[str], rows: list[list]) -> str:
     esc = lambda v: html.escape(f"{v:.4f}" if isinstance(v, float) else str(v))
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
@@ -59,7 +67,7 @@ def write_report(run: str | Path) -> Path:
     parts = [
         f"<h1>audiovit run: {html.escape(run.resolve().name)}</h1>",
         f'<p class="muted">{dt.datetime.now():%Y-%m-%d %H:%M} · audiovit {__version__} · '
-        f"best epoch {m.get('best_epoch')} · scored on the "
+        f"{kept_weights(m)} · scored on the "
         f"{html.escape(m.get('split', '?'))} split</p>",
         "".join(
             f'<span class="kpi"><b>{m[k]:.3f}</b>{k.replace("_", " ")}</span>'
