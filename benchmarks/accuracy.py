@@ -15,7 +15,7 @@ Each fold trains with ``audiovit.train`` and ``TrainConfig()`` as a new user get
 is carved from the training folds, group-aware), and scores its model.pt on the held-out fold:
 the best epoch on validation (``keep="best"``, the default). The last epoch's weights are scored
 on the same fold too ("last epoch" columns): the same run under the other rule, so the two compare
-without seed noise (runs with ``keep="last"`` score the same weights twice, so once). Next to every
+without seed noise (a run with ``keep="last"`` has scored its last epoch already). Next to every
 ViT row sits a classical reference measured on the same splits and
 the same log-mels: MFCC statistics (20 coefficients and their deltas, mean and standard
 deviation) → standardisation → an RBF SVM (scikit-learn, a benchmark-only dependency), trained

@@ -562,7 +562,7 @@ def train(
                    "epoch_s": round(time.perf_counter() - t0, 2), "train_s": round(train_s, 3),
                    "clips_per_s": round(batches.n / train_s, 1)}  # fmt: skip
             state["log"].append(rec)
-            score = (vm["accuracy"], -vloss)
+            score = _validation_score(rec)
             is_best = state["best"] is None or score > tuple(state["best"])
             if is_best:
                 state["best"] = list(score)
@@ -694,6 +694,11 @@ def _restore(
     return {k: saved[k] for k in ("epoch", "step", "best", "log")}
 
 
+def _validation_score(rec: dict) -> tuple[float, float]:
+    """What "best on validation" maximises: accuracy, then the lower loss."""
+    return rec["valid_acc"], -rec["valid_loss"]
+
+
 def finish_run(out: Path, fcfg, prep, labels, log_records, cfg: TrainConfig, device, log) -> dict:
     """Score model.pt (the epoch ``cfg.keep`` chose) on test (else valid); write metrics.json,
     predictions.csv, the plots and report.html (rank 0; every rank returns the metrics)."""
@@ -702,7 +707,7 @@ def finish_run(out: Path, fcfg, prep, labels, log_records, cfg: TrainConfig, dev
     clf = Classifier(model, fcfg, labels, device=device, amp=cfg.amp)
     split = "test" if prep["test"].feats else "valid"
     m, _, probs = validate(clf, prep[split], labels, cfg.eval_hop_s)
-    best = max(log_records, key=lambda r: (r["valid_acc"], -r["valid_loss"]), default={})
+    best = max(log_records, key=_validation_score, default={})
     m = {**m, "split": split, "epoch": saved_meta.get("epoch"), "keep": cfg.keep,
          "best_epoch": best.get("epoch")}  # fmt: skip
     if not distributed.is_main():
