@@ -25,15 +25,16 @@ import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from accuracy import PROTOCOLS, ROOT, last_cell, run_protocol
+from accuracy import PROTOCOLS, ROOT, rule_cell, run_protocol
 
 from audiovit.features import default_cache_dir
 from audiovit.train import TrainConfig
 
 RESULTS = ROOT / "benchmarks" / "results"
-# what a row keeps of run_protocol's result (last_accuracy: runs since the seventh session)
+# what a row keeps of run_protocol's result (last_accuracy: runs since the seventh session;
+# best_accuracy: since the eleventh, before which accuracy was the best epoch's)
 ROW_FIELDS = ("protocol", "accuracy", "balanced_accuracy", "macro_f1", "n", "baseline_accuracy",
-              "last_accuracy", "train_s", "hardware", "date", "folds")  # fmt: skip
+              "best_accuracy", "last_accuracy", "train_s", "hardware", "date", "folds")  # fmt: skip
 CURRENT = "defaults (accuracy.json, current)"  # a fold's row of the benchmark, as reference
 # The folds of the protocols whose headline is the mean over folds: runs of single folds that
 # cover them all are combined into the protocol's headline figure.
@@ -161,6 +162,12 @@ def combined_folds(rows: list[dict]) -> list[str]:
             "|---|---|---|---|---|---|---|", *lines]  # fmt: skip
 
 
+def kept(row: dict) -> str:
+    """The rule or rules its folds' model.pt followed (runs before ``keep`` existed: best)."""
+    rules = {f.get("keep", "best") for f in row.get("folds") or [row]}
+    return "/".join(sorted(rules))
+
+
 def write_results(rows: dict) -> None:
     path = RESULTS / "ablations.json"
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -171,13 +178,14 @@ def write_results(rows: dict) -> None:
              "today's defaults: rows run while the linear patch embedding was the default carry "
              "`stem=patch` (those without a change were the benchmark's own rows then); the "
              "'defaults before this change set' rows ran before class balancing became automatic "
-             "(benchmarks/NOTES.md). Last epoch: the same run scored with its last epoch's "
-             "weights instead of the best-on-validation epoch's (measured since the seventh "
-             "session). Compare rows on the same hardware: the AMD EPYC trains in bf16 autocast, "
+             "(benchmarks/NOTES.md). Kept: the epoch whose weights the accuracy is of (before "
+             "the eleventh session always the best on validation). Best on validation, last "
+             "epoch: the same run scored with each rule's weights (the last epoch measured "
+             "since the seventh session). Compare rows on the same hardware: the AMD EPYC trains in bf16 autocast, "
              "the Intel Xeon (no AVX-512 BF16) in fp32, so one seed lands on different models.",
              "", "| protocol | folds | change | accuracy | balanced acc. | macro-F1 | test clips | "
-             "last epoch | train time | hardware |",
-             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "kept | best on validation | last epoch | train time | hardware |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     everything = [*rows.values(), *reference_rows(rows)]
     for r in sorted(everything,
                     key=lambda r: (r["protocol"], str(r["only_folds"]),
@@ -185,7 +193,8 @@ def write_results(rows: dict) -> None:
                                    short_hardware(r.get("hardware")))):  # fmt: skip
         lines.append(f"| {r['protocol']} | {','.join(r['only_folds'] or ['all'])} | {r['change']} | "
                      f"{r['accuracy']:.3f} | {r['balanced_accuracy']:.3f} | {r['macro_f1']:.3f} | "
-                     f"{r['n']} | {last_cell(r)} | {r['train_s'] / 60:.1f} min | "
+                     f"{r['n']} | {kept(r)} | {rule_cell(r, 'best')} | {rule_cell(r, 'last')} | "
+                     f"{r['train_s'] / 60:.1f} min | "
                      f"{short_hardware(r.get('hardware'))} |")  # fmt: skip
     lines += combined_folds(everything)
     lines += seed_spread(everything)

@@ -13,9 +13,10 @@ Protocols (the datasets' manifests in ../shared/data encode them; see its README
 
 Each fold trains with ``audiovit.train`` and ``TrainConfig()`` as a new user gets it (validation
 is carved from the training folds, group-aware), and scores its model.pt on the held-out fold:
-the best epoch on validation (``keep="best"``, the default). The last epoch's weights are scored
-on the same fold too ("last epoch" columns): the same run under the other rule, so the two compare
-without seed noise (a run with ``keep="last"`` has scored its last epoch already). Next to every
+the epoch ``keep="auto"`` (the default) chose — the best on validation where the validation carve
+holds enough clips per class, else the last. The other rule's weights (last.pt or best.pt) are
+scored on the same fold too ("best on validation" and "last epoch" columns): the same run under
+both rules, so the two compare without seed noise. Next to every
 ViT row sits a classical reference measured on the same splits and
 the same log-mels: MFCC statistics (20 coefficients and their deltas, mean and standard
 deviation) → standardisation → an RBF SVM (scikit-learn, a benchmark-only dependency), trained
@@ -46,7 +47,7 @@ from audiovit import checkpoint, data, evaluate
 from audiovit.features import FeatureCache, FeatureConfig, LogMel, default_cache_dir
 from audiovit.inference import Classifier
 from audiovit.model import resolve_device
-from audiovit.train import TrainConfig, train
+from audiovit.train import MIN_VALID_PER_CLASS, TrainConfig, train
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -105,15 +106,19 @@ def read_predictions(run: Path) -> tuple[list[str], list[str]]:
     return [r["label"] for r in rows], [r["predicted"] for r in rows]
 
 
-def last_epoch_predictions(
-    run: Path, test: list[data.Item], cache: FeatureCache, cfg: TrainConfig
+def other_rule_predictions(
+    run: Path, kept: str, test: list[data.Item], cache: FeatureCache, cfg: TrainConfig
 ) -> tuple[list[str], list[str]]:
-    """(true labels, predicted labels) on ``test`` from the run's last epoch (last.pt; its
-    averaged weights where the run kept an EMA) rather than the best-on-validation model.pt."""
+    """(true labels, predicted labels) on ``test`` from the epoch the run did not keep: the last
+    epoch's weights (last.pt; its averaged weights where the run kept an EMA) where ``kept`` is
+    "best", the best on validation (best.pt) where it is "last"."""
     device = resolve_device(cfg.device)
-    model, fcfg, labels, _ = checkpoint.load_model(run / "model.pt", device)
-    state = checkpoint.safe_load(run / "last.pt")
-    model.load_state_dict(state["ema"] if "ema" in state else state["model"])
+    if kept == "last":
+        model, fcfg, labels, _ = checkpoint.load_model(run / "best.pt", device)
+    else:
+        model, fcfg, labels, _ = checkpoint.load_model(run / "model.pt", device)
+        state = checkpoint.safe_load(run / "last.pt")
+        model.load_state_dict(state["ema"] if "ema" in state else state["model"])
     clf = Classifier(model, fcfg, labels, device=device, amp=cfg.amp)
     _, _, scored = evaluate.evaluate_items(clf, test, cache, cfg.eval_hop_s)
     return [it.label for it, _ in scored], [labels[int(p.argmax())] for _, p in scored]
@@ -164,7 +169,8 @@ def run_protocol(name: str, args, cfg: TrainConfig, only: list[str] | None = Non
     cache = FeatureCache(
         cfg.cache_dir, LogMel(FeatureConfig(sr=cfg.sr, n_mels=cfg.n_mels, fmax=cfg.fmax))
     )
-    folds, all_true, all_pred, base_true, base_pred, last_true, last_pred = ([] for _ in range(7))
+    folds, all_true, all_pred, base_true, base_pred = ([] for _ in range(5))
+    by_rule = {"best": ([], []), "last": ([], [])}  # (true, predicted) of each rule's weights
     t_protocol = time.perf_counter()
     for fold, splits in fold_splits(ds, proto):
         if only is not None and fold not in only:
@@ -186,38 +192,41 @@ def run_protocol(name: str, args, cfg: TrainConfig, only: list[str] | None = Non
         true, pred = read_predictions(run)
         all_true += true
         all_pred += pred
-        lt, lp = (
-            (true, pred)
-            if cfg.keep == "last"
-            else last_epoch_predictions(run, splits.test, cache, cfg)
-        )
-        last_true += lt
-        last_pred += lp
+        kept, best_epoch = _kept(run)
+        other = "last" if kept == "best" else "best"
+        rule_preds = {kept: (true, pred),
+                      other: other_rule_predictions(run, kept, splits.test, cache, cfg)}  # fmt: skip
+        for rule, (t, p) in rule_preds.items():
+            by_rule[rule][0].extend(t)
+            by_rule[rule][1].extend(p)
         bt, bp = run_baseline(splits, cache)
         base_true += bt
         base_pred += bp
-        folds.append({"fold": fold, **scores(true, pred, labels),
+        folds.append({"fold": fold, **scores(true, pred, labels), "keep": kept,
                       "baseline_accuracy": scores(bt, bp, labels)["accuracy"],
-                      "last_accuracy": scores(lt, lp, labels)["accuracy"],
+                      **{f"{rule}_accuracy": scores(t, p, labels)["accuracy"]
+                         for rule, (t, p) in rule_preds.items()},
                       "train_s": round(sum(r["epoch_s"] for r in log), 1),
-                      "wall_s": round(wall, 1), "best_epoch": _best_epoch(run), **teacher})  # fmt: skip
-        print(f"fold {fold}: accuracy {folds[-1]['accuracy']:.4f} (last epoch "
-              f"{folds[-1]['last_accuracy']:.4f}, MFCC+SVM {folds[-1]['baseline_accuracy']:.4f})",
-              flush=True)  # fmt: skip
+                      "wall_s": round(wall, 1), "best_epoch": best_epoch, **teacher})  # fmt: skip
+        f = folds[-1]
+        print(f"fold {fold}: accuracy {f['accuracy']:.4f} ({kept} epoch kept; best on "
+              f"validation {f['best_accuracy']:.4f}, last epoch {f['last_accuracy']:.4f}, "
+              f"MFCC+SVM {f['baseline_accuracy']:.4f})", flush=True)  # fmt: skip
     if proto.headline == "mean":
         head = {k: statistics.mean(f[k] for f in folds)
                 for k in ("accuracy", "balanced_accuracy", "macro_f1")}  # fmt: skip
         head["n"] = sum(f["n"] for f in folds)
         base = statistics.mean(f["baseline_accuracy"] for f in folds)
-        last = statistics.mean(f["last_accuracy"] for f in folds)
+        rules = {r: statistics.mean(f[f"{r}_accuracy"] for f in folds) for r in by_rule}
     else:  # single fold or pooled over every test prediction: the same computation
         head = scores(all_true, all_pred, labels)
         base = scores(base_true, base_pred, labels)["accuracy"]
-        last = scores(last_true, last_pred, labels)["accuracy"]
+        rules = {r: scores(t, p, labels)["accuracy"] for r, (t, p) in by_rule.items()}
     device = resolve_device(cfg.device)
     return {
         "protocol": name, "dataset": proto.dataset, "description": proto.description,
-        "target": proto.target, **head, "baseline_accuracy": base, "last_accuracy": last,
+        "target": proto.target, **head, "baseline_accuracy": base,
+        "best_accuracy": rules["best"], "last_accuracy": rules["last"],
         "folds": folds,
         "train_s": round(sum(f["train_s"] for f in folds), 1),
         "wall_s": round(time.perf_counter() - t_protocol, 1),
@@ -232,8 +241,10 @@ def _log(run: Path) -> list[dict]:
     return [json.loads(ln) for ln in (run / "log.jsonl").read_text().splitlines() if ln]
 
 
-def _best_epoch(run: Path) -> int | None:
-    return json.loads((run / "metrics.json").read_text()).get("best_epoch")
+def _kept(run: Path) -> tuple[str, int | None]:
+    """The rule the run's model.pt followed ("best" or "last"), and its best epoch."""
+    m = json.loads((run / "metrics.json").read_text())
+    return m["keep"], m.get("best_epoch")
 
 
 def _model(row: dict) -> str:
@@ -247,9 +258,12 @@ def _model(row: dict) -> str:
             f"{'' if same else ' (not default)'}")  # fmt: skip
 
 
-def last_cell(row: dict) -> str:
-    """The last epoch's accuracy; rows from before it was measured have none."""
-    return f"{row['last_accuracy']:.3f}" if "last_accuracy" in row else "—"
+def rule_cell(row: dict, rule: str) -> str:
+    """The accuracy of the ``rule`` epoch's weights ("best" on validation or "last"). Rows from
+    before the keep field existed kept the best epoch, and from before the tenth session have
+    no last-epoch score."""
+    v = row.get(f"{rule}_accuracy", row["accuracy"] if rule == "best" else None)
+    return "—" if v is None else f"{v:.3f}"
 
 
 def write_results(rows: dict) -> None:
@@ -261,12 +275,14 @@ def write_results(rows: dict) -> None:
         "# Accuracy (default settings, no tuning flags)", "",
         "Written by `python benchmarks/accuracy.py`; each row's own command, date and hardware "
         "are in accuracy.json. MFCC+SVM: the classical reference on the same splits and log-mels. "
-        "Accuracy: the epoch each run kept (the model column names it). Last epoch: the same runs "
-        "scored with their last epoch's weights, so the two rules compare without seed noise.",
+        "Accuracy: the epoch each run kept (the model column names the rule; `auto` keeps the "
+        f"best on validation where the validation carve holds {MIN_VALID_PER_CLASS} clips per "
+        "class, else the last). Best on validation, last epoch: the same runs scored with each rule's weights, "
+        "so the rules compare without seed noise.",
         "",
         "| dataset | protocol | model | accuracy | balanced acc. | macro-F1 | test clips | target | "
-        "MFCC+SVM | last epoch | train time | hardware | date |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "MFCC+SVM | best on validation | last epoch | train time | hardware | date |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for r in rs:
         met = (
@@ -277,18 +293,21 @@ def write_results(rows: dict) -> None:
         lines.append(
             f"| {r['dataset']} | {r['description']} | {_model(r)} | **{r['accuracy']:.3f}** | "
             f"{r['balanced_accuracy']:.3f} | {r['macro_f1']:.3f} | {r['n']} | "
-            f"{r['target']:.2f} ({met}) | {r['baseline_accuracy']:.3f} | {last_cell(r)} | "
+            f"{r['target']:.2f} ({met}) | {r['baseline_accuracy']:.3f} | {rule_cell(r, 'best')} | "
+            f"{rule_cell(r, 'last')} | "
             f"{r['train_s'] / 60:.1f} min | {r['hardware']} | {r['date']} |"
         )
     lines += ["", "## Per fold", "",
               "| protocol | fold | accuracy | balanced acc. | macro-F1 | test clips | MFCC+SVM | "
-              "best epoch | last epoch | train time |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+              "kept | best epoch | best on validation | last epoch | train time |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rs:
         for f in r["folds"]:
             lines.append(
                 f"| {r['protocol']} ({r['device']}, {_model(r)}) | {f['fold']} | {f['accuracy']:.3f} | "
                 f"{f['balanced_accuracy']:.3f} | {f['macro_f1']:.3f} | {f['n']} | "
-                f"{f['baseline_accuracy']:.3f} | {f['best_epoch']} | {last_cell(f)} | "
+                f"{f['baseline_accuracy']:.3f} | {f.get('keep', 'best')} | {f['best_epoch']} | "
+                f"{rule_cell(f, 'best')} | {rule_cell(f, 'last')} | "
                 f"{f['train_s'] / 60:.1f} min |"
             )
     settings = {json.dumps(r["settings"], sort_keys=True) for r in rs}

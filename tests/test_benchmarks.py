@@ -1,5 +1,5 @@
 """The benchmarks' own arithmetic: the MFCC + SVM reference's features equal librosa's, and the
-last-epoch column scores the same pipeline as the run's own predictions."""
+column of the epoch a run did not keep scores the same pipeline as the run's own predictions."""
 
 import argparse
 import csv
@@ -30,11 +30,13 @@ def test_mfcc_statistics_equal_librosas(frames):
     np.testing.assert_allclose(mfcc_stats(S), want, rtol=1e-5, atol=1e-4)
 
 
-def test_last_epoch_column_scores_last_pt_like_the_run_scores_its_model(
-    synth_root, tmp_path, monkeypatch
+@pytest.mark.parametrize("keep", ["best", "last"])
+def test_the_other_rule_column_scores_its_weights_like_the_run_scores_its_model(
+    synth_root, tmp_path, monkeypatch, keep
 ):
-    """After one epoch the last epoch is the chosen one, so scoring last.pt must give the run's
-    own test predictions, clip for clip; other weights in last.pt must change them."""
+    """After one epoch the last epoch is also the best, so scoring the weights the run did not
+    keep (last.pt, or best.pt under keep=last) must give the run's own test predictions, clip
+    for clip; other weights in that file must change them."""
     with open(tmp_path / "manifest.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["path", "label", "fold"])
@@ -42,7 +44,7 @@ def test_last_epoch_column_scores_last_pt_like_the_run_scores_its_model(
             w.writerow([wav, wav.parent.name, i % 2])
     proto = accuracy.Protocol("synth", "two folds", "manifest.csv", "all", "pooled", 0.5)
     monkeypatch.setitem(accuracy.PROTOCOLS, "synth", proto)
-    cfg = TrainConfig(**{**FAST, "epochs": 1}, cache_dir=str(tmp_path / "cache"))
+    cfg = TrainConfig(**{**FAST, "epochs": 1}, keep=keep, cache_dir=str(tmp_path / "cache"))
     args = argparse.Namespace(data=tmp_path, runs=tmp_path / "runs", resume=False)
     row = accuracy.run_protocol("synth", args, cfg)
     assert [f["fold"] for f in row["folds"]] == ["0", "1"]
@@ -51,16 +53,22 @@ def test_last_epoch_column_scores_last_pt_like_the_run_scores_its_model(
         cfg.cache_dir, accuracy.LogMel(accuracy.FeatureConfig(sr=cfg.sr, n_mels=cfg.n_mels))
     )
     for f, (fold, splits) in zip(row["folds"], accuracy.fold_splits(ds, proto), strict=True):
-        assert f["fold"] == fold and f["best_epoch"] == 1
-        assert f["last_accuracy"] == f["accuracy"]
+        assert f["fold"] == fold and f["best_epoch"] == 1 and f["keep"] == keep
+        assert f["last_accuracy"] == f["best_accuracy"] == f["accuracy"]
         run = tmp_path / "runs" / "synth" / fold
-        last = accuracy.last_epoch_predictions(run, splits.test, cache, cfg)
-        assert last == accuracy.read_predictions(run)  # (true, predicted) per clip, in order
-    assert row["last_accuracy"] == row["accuracy"]
+        other = accuracy.other_rule_predictions(run, keep, splits.test, cache, cfg)
+        assert other == accuracy.read_predictions(run)  # (true, predicted) per clip, in order
+    assert row["last_accuracy"] == row["best_accuracy"] == row["accuracy"]
 
-    state = checkpoint.safe_load(run / "last.pt")
     g = torch.Generator().manual_seed(0)
-    state["model"] = {k: v + torch.randn(v.shape, generator=g) if v.is_floating_point() else v
-                      for k, v in state["model"].items()}  # fmt: skip
-    checkpoint.atomic_save(state, run / "last.pt")
-    assert accuracy.last_epoch_predictions(run, splits.test, cache, cfg) != last
+    noisy = lambda sd: {k: v + torch.randn(v.shape, generator=g) if v.is_floating_point() else v  # noqa: E731
+                        for k, v in sd.items()}  # fmt: skip
+    if keep == "best":
+        state = checkpoint.safe_load(run / "last.pt")
+        state["model"] = noisy(state["model"])
+        checkpoint.atomic_save(state, run / "last.pt")
+    else:
+        model, fcfg, labels, meta = checkpoint.load_model(run / "best.pt")
+        model.load_state_dict(noisy(model.state_dict()))
+        checkpoint.save_model(run / "best.pt", model, fcfg, labels, meta)
+    assert accuracy.other_rule_predictions(run, keep, splits.test, cache, cfg) != other

@@ -1,3 +1,4 @@
+import importlib
 import json
 import sys
 from dataclasses import replace
@@ -183,6 +184,31 @@ def test_model_pt_holds_the_epoch_that_keep_names(synth_root, tmp_path):
         last = checkpoint.safe_load(tmp_path / keep / "last.pt")["model"]
         same = all(torch.equal(v, last[k]) for k, v in model.state_dict().items())
         assert same == (meta["epoch"] == 4)
+        # under keep=last, the best epoch's weights stay available as best.pt
+        assert (tmp_path / keep / "best.pt").exists() == (keep == "last")
+        if keep == "last":
+            assert checkpoint.load_model(tmp_path / keep / "best.pt")[3]["epoch"] == best
+
+
+def test_auto_keeps_the_last_epoch_unless_validation_holds_enough_clips_per_class(
+    synth_root, tmp_path, monkeypatch
+):
+    train_module = importlib.import_module("audiovit.train")  # the package's train is the function
+    ds, splits = _splits(synth_root)
+    per_class = len(splits.valid) / len(ds.labels)
+    assert 1 <= per_class < train_module.MIN_VALID_PER_CLASS  # the synthetic carve is small
+    cfg = TrainConfig(**{**FAST, "epochs": 2}, depth=1, cache_dir=str(tmp_path / "cache"))
+    assert cfg.keep == "auto"
+    for threshold, rule in ((train_module.MIN_VALID_PER_CLASS, "last"), (1, "best")):
+        monkeypatch.setattr(train_module, "MIN_VALID_PER_CLASS", threshold)
+        logs = []
+        m = train(ds, splits, cfg, tmp_path / rule, log=logs.append)
+        assert m["keep"] == rule
+        assert any(line.startswith(f"keeping the {'last epoch' if rule == 'last' else 'best'}")
+                   and f"{per_class:.1f} clips per class" in line for line in logs)  # fmt: skip
+        assert (tmp_path / rule / "best.pt").exists() == (rule == "last")
+    assert train_module.keep_rule("best", 0, 10) == "best"  # a rule named is the rule kept
+    assert train_module.keep_rule("last", 10**6, 10) == "last"
 
 
 def test_the_log_counts_the_crops_an_epoch_trained(synth_root, tmp_path):

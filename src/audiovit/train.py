@@ -52,10 +52,14 @@ IMBALANCE = 1.5  # largest / smallest class above which training draws classes e
 # TrainConfig fields whose default changed, with the earlier default: the value a run saved
 # before the field existed had (its last.pt has no entry for them), so resuming such a run
 # rebuilds the same model; a refused resume names it
-BEFORE_FIELD = {"stem": "patch"}
+BEFORE_FIELD = {"stem": "patch", "keep": "best"}
 # where a run's features and arithmetic happen, not what it learns: free to differ on resume
 NOT_SETTINGS = ("cache_dir", "device")
-KEEP = ("best", "last")  # which epoch's weights model.pt holds
+KEEP = ("auto", "best", "last")  # which epoch's weights model.pt holds
+# keep="auto" trusts the validation carve to pick an epoch when it holds at least this many clips
+# per class: fewer, and its accuracy moves by more between epochs than the epochs differ (3 clips
+# per class: one clip is 3 points of a 10-class carve)
+MIN_VALID_PER_CLASS = 10
 TIMINGS = ("epoch_s", "train_s", "clips_per_s")  # log.jsonl's wall-clock fields
 
 
@@ -80,7 +84,9 @@ class TrainingError(Exception):
 class TrainConfig:
     preset: str = "tiny"  # tiny | small | base | cnn (model.PRESETS)
     depth: int | None = None  # transformer layers; None: the preset's (12; cnn: 0)
-    epochs: int = 30
+    # 25 keeps the whole accuracy benchmark inside 90 min on a 2-core fp32 CPU (30: 105.5 min);
+    # the best epochs on validation at 30 were 18-30 (NOTES.md, eleventh session)
+    epochs: int = 25
     batch_size: int = 32
     lr: float = 5e-4  # peak AdamW learning rate, reached after warm-up
     min_lr: float = 1e-6  # end of the cosine decay
@@ -113,10 +119,11 @@ class TrainConfig:
     time_warp: float = 0.0  # crops stretched/squeezed in time by up to this factor (0.2 = ±20 %)
     freq_warp: float = 0.0  # mel axis scaled by a factor in [1 - w, 1 + w] (pitch/formant shift)
     ema_epochs: float = 0.0  # average the weights (EMA) over about this many epochs; 0 = off
-    # model.pt's weights: the "best" epoch on the validation carve, or the "last" epoch's. Over
-    # the tenth session's whole benchmark, last against best: GTZAN +3.7 points, UrbanSound8K
-    # -2.8, FSDD level (NOTES.md, "Which epoch to keep"), so best stays the default
-    keep: str = "best"
+    # model.pt's weights: the "best" epoch on the validation carve, or the "last" epoch's;
+    # "auto": best when the carve holds MIN_VALID_PER_CLASS clips per class, else last. The
+    # tenth session's whole benchmark, last against best: GTZAN +3.7 points (2-3 validation
+    # clips per class), UrbanSound8K -2.8 (~21), FSDD level (~27) (NOTES.md, "Which epoch to keep")
+    keep: str = "auto"
     # knowledge distillation: first train a model of this preset ("cnn": model.PRESETS) with the
     # same settings into OUT/teacher, then train this one on (1 - distill) × the label loss +
     # distill × T² · KL(teacher ‖ student) at temperature distill_t, on the same augmented crops
@@ -478,8 +485,9 @@ def train(
     """Train on ``splits``, write the run folder ``out`` and return the final metrics.
 
     ``out`` receives model.pt (the best epoch on validation, or the last: ``cfg.keep``),
-    last.pt (for ``resume``), log.jsonl, metrics.json (test split, else validation) and the
-    plots; with ``cfg.teacher``, the teacher's own run folder as ``out``/teacher.
+    last.pt (for ``resume``), best.pt where the last epoch is kept (the best on validation),
+    log.jsonl, metrics.json (test split, else validation) and the plots; with ``cfg.teacher``,
+    the teacher's own run folder as ``out``/teacher.
     """
     out = Path(out)
     resuming = resume and (out / "last.pt").exists()  # last.pt's weights replace --init's
@@ -505,6 +513,11 @@ def train(
         log(f"skipped: {line}")
     if not prep["valid"].feats:
         raise TrainingError("the validation split is empty: give more data or a --valid-fold")
+    keep = keep_rule(cfg.keep, len(prep["valid"].feats), len(labels))
+    if cfg.keep == "auto":
+        log(f"keeping the {'best epoch on validation' if keep == 'best' else 'last epoch'}: the "
+            f"validation split holds {len(prep['valid'].feats) / len(labels):.1f} clips per "
+            f"class ({'at least' if keep == 'best' else 'fewer than'} {MIN_VALID_PER_CLASS})")
     teacher = _train_teacher(ds, splits, cfg, out, resume, device, log) if cfg.teacher else None
     n_frames = crop_frames(cfg, fcfg, prep["train"])
     repeats = crops_per_clip(cfg, prep["train"], n_frames)
@@ -566,9 +579,13 @@ def train(
             is_best = state["best"] is None or score > tuple(state["best"])
             if is_best:
                 state["best"] = list(score)
-            if main and (is_best or cfg.keep == "last"):
+            if main and (is_best or keep == "last"):
                 checkpoint.save_model(
                     out / "model.pt", scored, fcfg, labels, {**meta, "epoch": epoch}
+                )
+            if main and is_best and keep == "last":  # the other rule's weights, as last.pt is
+                checkpoint.save_model(
+                    out / "best.pt", scored, fcfg, labels, {**meta, "epoch": epoch}
                 )
             state["epoch"] = epoch
             if main:
@@ -587,7 +604,7 @@ def train(
     # at interpreter exit after the group is gone.
     del net
     gc.collect()
-    return finish_run(out, fcfg, prep, labels, state["log"], cfg, device, log)
+    return finish_run(out, fcfg, prep, labels, state["log"], cfg, keep, device, log)
 
 
 def _train_teacher(ds, splits, cfg: TrainConfig, out: Path, resume: bool, device, log) -> ViT:
@@ -699,8 +716,18 @@ def _validation_score(rec: dict) -> tuple[float, float]:
     return rec["valid_acc"], -rec["valid_loss"]
 
 
-def finish_run(out: Path, fcfg, prep, labels, log_records, cfg: TrainConfig, device, log) -> dict:
-    """Score model.pt (the epoch ``cfg.keep`` chose) on test (else valid); write metrics.json,
+def keep_rule(keep: str, n_valid: int, n_classes: int) -> str:
+    """"best" or "last": the epoch whose weights model.pt holds (``TrainConfig.keep``), with
+    "auto" decided by the validation split's size."""
+    if keep != "auto":
+        return keep
+    return "best" if n_valid >= MIN_VALID_PER_CLASS * n_classes else "last"
+
+
+def finish_run(
+    out: Path, fcfg, prep, labels, log_records, cfg: TrainConfig, keep: str, device, log
+) -> dict:
+    """Score model.pt (the epoch ``keep`` chose) on test (else valid); write metrics.json,
     predictions.csv, the plots and report.html (rank 0; every rank returns the metrics)."""
     distributed.barrier()  # rank 0 has written model.pt
     model, _, _, saved_meta = checkpoint.load_model(out / "model.pt", device)
@@ -708,7 +735,7 @@ def finish_run(out: Path, fcfg, prep, labels, log_records, cfg: TrainConfig, dev
     split = "test" if prep["test"].feats else "valid"
     m, _, probs = validate(clf, prep[split], labels, cfg.eval_hop_s)
     best = max(log_records, key=_validation_score, default={})
-    m = {**m, "split": split, "epoch": saved_meta.get("epoch"), "keep": cfg.keep,
+    m = {**m, "split": split, "epoch": saved_meta.get("epoch"), "keep": keep,
          "best_epoch": best.get("epoch")}  # fmt: skip
     if not distributed.is_main():
         return m
