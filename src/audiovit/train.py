@@ -515,9 +515,11 @@ def train(
         raise TrainingError("the validation split is empty: give more data or a --valid-fold")
     keep = keep_rule(cfg.keep, len(prep["valid"].feats), len(labels))
     if cfg.keep == "auto":
-        log(f"keeping the {'best epoch on validation' if keep == 'best' else 'last epoch'}: the "
+        log(
+            f"keeping the {'best epoch on validation' if keep == 'best' else 'last epoch'}: the "
             f"validation split holds {len(prep['valid'].feats) / len(labels):.1f} clips per "
-            f"class ({'at least' if keep == 'best' else 'fewer than'} {MIN_VALID_PER_CLASS})")
+            f"class ({'at least' if keep == 'best' else 'fewer than'} {MIN_VALID_PER_CLASS})"
+        )
     teacher = _train_teacher(ds, splits, cfg, out, resume, device, log) if cfg.teacher else None
     n_frames = crop_frames(cfg, fcfg, prep["train"])
     repeats = crops_per_clip(cfg, prep["train"], n_frames)
@@ -717,7 +719,7 @@ def _validation_score(rec: dict) -> tuple[float, float]:
 
 
 def keep_rule(keep: str, n_valid: int, n_classes: int) -> str:
-    """"best" or "last": the epoch whose weights model.pt holds (``TrainConfig.keep``), with
+    """The epoch whose weights model.pt holds, "best" or "last" (``TrainConfig.keep``), with
     "auto" decided by the validation split's size."""
     if keep != "auto":
         return keep
