@@ -25,7 +25,7 @@ import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from accuracy import PROTOCOLS, ROOT, rule_cell, run_protocol
+from accuracy import PROTOCOLS, ROOT, kept_rules, rule_cell, run_protocol
 
 from audiovit.features import default_cache_dir
 from audiovit.train import TrainConfig
@@ -83,18 +83,21 @@ def benchmark_rows(bench: dict) -> dict:
 
 
 def reference_rows(rows: dict) -> list[dict]:
-    """For single-fold groups without a 'defaults' row: that fold's row of accuracy.json (the
-    same settings and seed, so the same run), labelled CURRENT where the benchmark ran today's
-    defaults, else with the settings that differ."""
+    """For single-fold groups without a row of the benchmark's settings: that fold's row of
+    accuracy.json (the same settings and seed, so the same run), labelled CURRENT where the
+    benchmark ran today's defaults, else with the settings that differ."""
     path = RESULTS / "accuracy.json"
     bench = json.loads(path.read_text()) if path.exists() else {}
-    have = {(r["protocol"], tuple(r["only_folds"] or ())) for r in rows.values()
-            if r["change"] == "defaults"}  # fmt: skip
+    have = {(r["protocol"], tuple(r["only_folds"] or ()), r["change"],
+             short_hardware(r.get("hardware"))) for r in rows.values()}  # fmt: skip
     out = []
     for proto, folds in {(r["protocol"], tuple(r["only_folds"] or ())) for r in rows.values()}:
-        if len(folds) != 1 or (proto, folds) in have or f"{proto}@cpu" not in bench:
+        if len(folds) != 1 or f"{proto}@cpu" not in bench:
             continue
         diff = settings_change(bench[f"{proto}@cpu"]["settings"])
+        hardware = short_hardware(bench[f"{proto}@cpu"]["hardware"])
+        if (proto, folds, diff or "defaults", hardware) in have:
+            continue
         for f in bench[f"{proto}@cpu"]["folds"]:
             if f["fold"] == folds[0]:
                 out.append({**f, "protocol": proto, "only_folds": list(folds), "reference": True,
@@ -110,7 +113,8 @@ def seed_spread(rows: list[dict]) -> list[str]:
     for r in rows:
         if r["change"].startswith("defaults") and r["change"] not in ("defaults", CURRENT):
             continue  # defaults of an earlier time
-        parts = [] if r["change"] in ("defaults", CURRENT) else r["change"].split(", ")
+        change = r["change"].removesuffix(" (accuracy.json)")  # a reference row: same settings
+        parts = [] if change in ("defaults", CURRENT) else change.split(", ")
         seed = next((int(p[5:]) for p in parts if p.startswith("seed=")), 0)
         rest = ", ".join(p for p in parts if not p.startswith("seed=")) or "defaults"
         key = (r["protocol"], ",".join(r["only_folds"] or ["all"]), rest,
@@ -162,12 +166,6 @@ def combined_folds(rows: list[dict]) -> list[str]:
             "|---|---|---|---|---|---|---|", *lines]  # fmt: skip
 
 
-def kept(row: dict) -> str:
-    """The rule or rules its folds' model.pt followed (runs before ``keep`` existed: best)."""
-    rules = {f.get("keep", "best") for f in row.get("folds") or [row]}
-    return "/".join(sorted(rules))
-
-
 def write_results(rows: dict) -> None:
     path = RESULTS / "ablations.json"
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -193,8 +191,8 @@ def write_results(rows: dict) -> None:
                                    short_hardware(r.get("hardware")))):  # fmt: skip
         lines.append(f"| {r['protocol']} | {','.join(r['only_folds'] or ['all'])} | {r['change']} | "
                      f"{r['accuracy']:.3f} | {r['balanced_accuracy']:.3f} | {r['macro_f1']:.3f} | "
-                     f"{r['n']} | {kept(r)} | {rule_cell(r, 'best')} | {rule_cell(r, 'last')} | "
-                     f"{r['train_s'] / 60:.1f} min | "
+                     f"{r['n']} | {'/'.join(sorted(kept_rules(r)))} | {rule_cell(r, 'best')} | "
+                     f"{rule_cell(r, 'last')} | {r['train_s'] / 60:.1f} min | "
                      f"{short_hardware(r.get('hardware'))} |")  # fmt: skip
     lines += combined_folds(everything)
     lines += seed_spread(everything)
@@ -225,7 +223,7 @@ def main(argv=None) -> int:
         for src in (*args.merge, *bench):
             if not src.is_file():
                 p.error(f"{src}: no such file")
-        added = [json.loads(src.read_text()) for src in args.merge]
+        added = [load_rows(src) for src in args.merge]
         added += [benchmark_rows(json.loads(src.read_text())) for src in bench]
         for new in added:
             for key, row in new.items():

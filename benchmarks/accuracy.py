@@ -47,7 +47,7 @@ from audiovit import checkpoint, data, evaluate
 from audiovit.features import FeatureCache, FeatureConfig, LogMel, default_cache_dir
 from audiovit.inference import Classifier
 from audiovit.model import resolve_device
-from audiovit.train import MIN_VALID_PER_CLASS, TrainConfig, train
+from audiovit.train import BEFORE_FIELD, MIN_VALID_PER_CLASS, TrainConfig, train
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -237,6 +237,14 @@ def run_protocol(name: str, args, cfg: TrainConfig, only: list[str] | None = Non
     }  # fmt: skip
 
 
+def row_key(row: dict) -> str:
+    """A row's key in accuracy.json: protocol@device, then the preset and epochs where they are
+    not today's defaults (",epochs=25"), so other schedules and sizes sit beside the defaults."""
+    d, s = TrainConfig(), row["settings"]
+    variant = "".join(f",{k}={s[k]}" for k in ("preset", "epochs") if s[k] != getattr(d, k))
+    return f"{row['protocol']}@{row['device']}{variant}"
+
+
 def _log(run: Path) -> list[dict]:
     return [json.loads(ln) for ln in (run / "log.jsonl").read_text().splitlines() if ln]
 
@@ -252,17 +260,23 @@ def _model(row: dict) -> str:
     (rows from before the stem and keep fields trained the patch embedding and kept the best
     epoch on validation)."""
     d, s = TrainConfig(), row["settings"]
-    stem, keep = s.get("stem", "patch"), s.get("keep", "best")
+    stem, keep = s.get("stem", BEFORE_FIELD["stem"]), s.get("keep", BEFORE_FIELD["keep"])
     same = (s["preset"], stem, s["epochs"], keep) == (d.preset, d.stem, d.epochs, d.keep)
-    return (f"{s['preset']}, {stem} stem, {s['epochs']} epochs, {keep} epoch kept"
+    return (f"{s['preset']}, {stem} stem, {s['epochs']} epochs, keep {keep}"
             f"{'' if same else ' (not default)'}")  # fmt: skip
 
 
+def kept_rules(row: dict) -> set[str]:
+    """The rules ("best", "last") its folds' model.pt followed; a fold from before the keep
+    field existed kept the best epoch (BEFORE_FIELD)."""
+    return {f.get("keep", BEFORE_FIELD["keep"]) for f in row.get("folds") or [row]}
+
+
 def rule_cell(row: dict, rule: str) -> str:
-    """The accuracy of the ``rule`` epoch's weights ("best" on validation or "last"). Rows from
-    before the keep field existed kept the best epoch, and from before the tenth session have
-    no last-epoch score."""
-    v = row.get(f"{rule}_accuracy", row["accuracy"] if rule == "best" else None)
+    """The accuracy of the ``rule`` epoch's weights ("best" on validation or "last"): measured
+    on both since the eleventh session; before, only the kept rule's (accuracy), and from before
+    the seventh session no last-epoch score."""
+    v = row.get(f"{rule}_accuracy", row["accuracy"] if kept_rules(row) == {rule} else None)
     return "—" if v is None else f"{v:.3f}"
 
 
@@ -306,7 +320,7 @@ def write_results(rows: dict) -> None:
             lines.append(
                 f"| {r['protocol']} ({r['device']}, {_model(r)}) | {f['fold']} | {f['accuracy']:.3f} | "
                 f"{f['balanced_accuracy']:.3f} | {f['macro_f1']:.3f} | {f['n']} | "
-                f"{f['baseline_accuracy']:.3f} | {f.get('keep', 'best')} | {f['best_epoch']} | "
+                f"{f['baseline_accuracy']:.3f} | {'/'.join(sorted(kept_rules(f)))} | {f['best_epoch']} | "
                 f"{rule_cell(f, 'best')} | {rule_cell(f, 'last')} | "
                 f"{f['train_s'] / 60:.1f} min |"
             )
@@ -346,6 +360,15 @@ def main(argv=None) -> int:
         "rows are kept beside the defaults' (for GPU runs)",
     )
     p.add_argument("--epochs", type=int, default=None, help="a longer or shorter schedule")
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="JSON",
+        help="add the rows of accuracy.json files written elsewhere or under other "
+        "defaults, keyed by their settings (no training)",
+    )
     args = p.parse_args(argv)  # fmt: skip
     unknown = sorted(set(args.protocols) - set(PROTOCOLS))
     if unknown:
@@ -358,13 +381,21 @@ def main(argv=None) -> int:
         args.runs = args.runs / variant[1:]
     path = RESULTS / "accuracy.json"
     rows = json.loads(path.read_text()) if path.exists() else {}
+    if args.merge:
+        for src in args.merge:
+            if not src.is_file():
+                p.error(f"{src}: no such file")
+        for src in args.merge:
+            rows.update({row_key(r): r for r in json.loads(src.read_text()).values()})
+        write_results(rows)
+        return 0
     for name in args.protocols or list(PROTOCOLS):
         manifest = args.data / PROTOCOLS[name].manifest
         if not manifest.is_file():
             print(f"{name}: {manifest} not found; skipped", file=sys.stderr)
             continue
         row = run_protocol(name, args, cfg)
-        rows[f"{name}@{row['device']}{variant}"] = row
+        rows[row_key(row)] = row
         write_results(rows)  # after each protocol: a cut-short run keeps what it finished
         print(f"\n{name}: accuracy {row['accuracy']:.4f} (target {row['target']}), "
               f"MFCC+SVM {row['baseline_accuracy']:.4f}, {row['wall_s'] / 60:.1f} min", flush=True)  # fmt: skip

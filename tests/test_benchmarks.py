@@ -72,3 +72,17 @@ def test_the_other_rule_column_scores_its_weights_like_the_run_scores_its_model(
         model.load_state_dict(noisy(model.state_dict()))
         checkpoint.save_model(run / "best.pt", model, fcfg, labels, meta)
     assert accuracy.other_rule_predictions(run, keep, splits.test, cache, cfg) != other
+
+
+def test_rule_columns_read_each_rules_score_and_older_rows_their_kept_one():
+    new = {"accuracy": 0.5, "best_accuracy": 0.4, "last_accuracy": 0.5,
+           "folds": [{"keep": "last"}, {"keep": "last"}]}  # fmt: skip
+    assert (accuracy.rule_cell(new, "best"), accuracy.rule_cell(new, "last")) == ("0.400", "0.500")
+    old = {"accuracy": 0.7, "last_accuracy": 0.6}  # before keep existed: the best was kept
+    assert (accuracy.rule_cell(old, "best"), accuracy.rule_cell(old, "last")) == ("0.700", "0.600")
+    older = {"accuracy": 0.7}  # before the last epoch was scored
+    assert accuracy.rule_cell(older, "last") == "—"
+    kept_last = {"accuracy": 0.7, "folds": [{"keep": "last"}]}
+    assert (accuracy.rule_cell(kept_last, "best"), accuracy.rule_cell(kept_last, "last")) == (
+        "—", "0.700")  # fmt: skip
+    assert accuracy.kept_rules({"folds": [{"keep": "last"}, {}]}) == {"best", "last"}

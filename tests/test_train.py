@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from audiovit import data
+from audiovit import checkpoint, data
 from audiovit.train import TIMINGS, TrainConfig, TrainingError, train
 from conftest import FAST
 
@@ -58,6 +58,11 @@ def test_resume_reproduces_the_uninterrupted_run(synth_root, tmp_path, monkeypat
         {k: v for k, v in json.loads(x).items() if k not in TIMINGS} for x in lines
     ]
     assert strip(log_cut) == strip(log_full)
+    assert resumed["keep"] == "last"  # auto, on the small synthetic carve: best.pt is written
+    for name in ("model.pt", "best.pt"):
+        want = checkpoint.load_model(tmp_path / "full" / name)[0].state_dict()
+        got = checkpoint.load_model(tmp_path / "cut" / name)[0].state_dict()
+        assert all(torch.equal(v, got[k]) for k, v in want.items()), name
     if "teacher" in extra:  # the kill came in the teacher's epoch 3: its run resumed too
         teacher_log = lambda run: strip((run / "teacher" / "log.jsonl").read_text().splitlines())
         assert teacher_log(tmp_path / "cut") == teacher_log(tmp_path / "full")
