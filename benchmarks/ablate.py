@@ -107,8 +107,8 @@ def reference_rows(rows: dict) -> list[dict]:
 
 
 def seed_spread(rows: list[dict]) -> list[str]:
-    """Table lines: for each (protocol, folds, change but the seed) run with ≥ 2 seeds, the
-    mean and range of accuracy and balanced accuracy."""
+    """Table lines: for each (protocol, folds, change but the seed, epoch kept) run with ≥ 2
+    seeds, the mean and range of accuracy and balanced accuracy."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         if r["change"].startswith("defaults") and r["change"] not in ("defaults", CURRENT):
@@ -118,10 +118,10 @@ def seed_spread(rows: list[dict]) -> list[str]:
         seed = next((int(p[5:]) for p in parts if p.startswith("seed=")), 0)
         rest = ", ".join(p for p in parts if not p.startswith("seed=")) or "defaults"
         key = (r["protocol"], ",".join(r["only_folds"] or ["all"]), rest,
-               short_hardware(r.get("hardware")))  # fmt: skip
+               "/".join(sorted(kept_rules(r))), short_hardware(r.get("hardware")))  # fmt: skip
         groups.setdefault(key, []).append({**r, "seed": seed})
     lines = []
-    for (proto, folds, change, hw), rs in sorted(groups.items()):
+    for (proto, folds, change, kept, hw), rs in sorted(groups.items()):
         if len(rs) < 2:
             continue
         rs.sort(key=lambda r: r["seed"])
@@ -129,15 +129,15 @@ def seed_spread(rows: list[dict]) -> list[str]:
                           f"({min(r[k] for r in rs):.3f}-{max(r[k] for r in rs):.3f})")  # fmt: skip
         seeds = ", ".join(str(r["seed"]) for r in rs)
         each = ", ".join(f"{r['accuracy']:.3f}" for r in rs)
-        lines.append(f"| {proto} | {folds} | {change} | {seeds} | {each} | {cell('accuracy')} | "
-                     f"{cell('balanced_accuracy')} | {hw} |")  # fmt: skip
+        lines.append(f"| {proto} | {folds} | {change} | {kept} | {seeds} | {each} | "
+                     f"{cell('accuracy')} | {cell('balanced_accuracy')} | {hw} |")  # fmt: skip
     if not lines:
         return []
     return ["", "## Seed spread", "",
-            "Rows above that differ only in `seed` (seed 0 unless named), on the same hardware: "
-            "mean (min-max) over seeds.", "",
-            "| protocol | folds | change | seeds | accuracy per seed | accuracy | balanced acc. | "
-            "hardware |", "|---|---|---|---|---|---|---|---|", *lines]  # fmt: skip
+            "Rows above that differ only in `seed` (seed 0 unless named), kept the same epoch "
+            "rule and ran on the same hardware: mean (min-max) over seeds.", "",
+            "| protocol | folds | change | kept | seeds | accuracy per seed | accuracy | "
+            "balanced acc. | hardware |", "|---|---|---|---|---|---|---|---|---|", *lines]  # fmt: skip
 
 
 def combined_folds(rows: list[dict]) -> list[str]:

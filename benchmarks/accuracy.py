@@ -1,6 +1,6 @@
 """Accuracy benchmark on real public audio, with the default training settings.
 
-    python benchmarks/accuracy.py                      # every protocol (~95 min, 2 CPU cores)
+    python benchmarks/accuracy.py                      # every protocol (96-106 min on 2 CPU cores)
     python benchmarks/accuracy.py gtzan-artist us8k    # some of them
     python benchmarks/accuracy.py --resume             # finish runs cut short
 
