@@ -25,7 +25,7 @@ import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from accuracy import PROTOCOLS, ROOT, kept_rules, rule_cell, run_protocol
+from accuracy import PROTOCOLS, ROOT, kept_cell, rule_cell, run_protocol
 
 from audiovit.features import default_cache_dir
 from audiovit.train import TrainConfig
@@ -118,7 +118,7 @@ def seed_spread(rows: list[dict]) -> list[str]:
         seed = next((int(p[5:]) for p in parts if p.startswith("seed=")), 0)
         rest = ", ".join(p for p in parts if not p.startswith("seed=")) or "defaults"
         key = (r["protocol"], ",".join(r["only_folds"] or ["all"]), rest,
-               "/".join(sorted(kept_rules(r))), short_hardware(r.get("hardware")))  # fmt: skip
+               kept_cell(r), short_hardware(r.get("hardware")))  # fmt: skip
         groups.setdefault(key, []).append({**r, "seed": seed})
     lines = []
     for (proto, folds, change, kept, hw), rs in sorted(groups.items()):
@@ -191,7 +191,7 @@ def write_results(rows: dict) -> None:
                                    short_hardware(r.get("hardware")))):  # fmt: skip
         lines.append(f"| {r['protocol']} | {','.join(r['only_folds'] or ['all'])} | {r['change']} | "
                      f"{r['accuracy']:.3f} | {r['balanced_accuracy']:.3f} | {r['macro_f1']:.3f} | "
-                     f"{r['n']} | {'/'.join(sorted(kept_rules(r)))} | {rule_cell(r, 'best')} | "
+                     f"{r['n']} | {kept_cell(r)} | {rule_cell(r, 'best')} | "
                      f"{rule_cell(r, 'last')} | {r['train_s'] / 60:.1f} min | "
                      f"{short_hardware(r.get('hardware'))} |")  # fmt: skip
     lines += combined_folds(everything)

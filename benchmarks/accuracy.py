@@ -272,6 +272,11 @@ def kept_rules(row: dict) -> set[str]:
     return {f.get("keep", BEFORE_FIELD["keep"]) for f in row.get("folds") or [row]}
 
 
+def kept_cell(row: dict) -> str:
+    """kept_rules for a table cell: "best", "last" or "best/last"."""
+    return "/".join(sorted(kept_rules(row)))
+
+
 def rule_cell(row: dict, rule: str) -> str:
     """The accuracy of the ``rule`` epoch's weights ("best" on validation or "last"): measured
     on both since the eleventh session; before, only the kept rule's (accuracy), and from before
@@ -320,7 +325,7 @@ def write_results(rows: dict) -> None:
             lines.append(
                 f"| {r['protocol']} ({r['device']}, {_model(r)}) | {f['fold']} | {f['accuracy']:.3f} | "
                 f"{f['balanced_accuracy']:.3f} | {f['macro_f1']:.3f} | {f['n']} | "
-                f"{f['baseline_accuracy']:.3f} | {'/'.join(sorted(kept_rules(f)))} | {f['best_epoch']} | "
+                f"{f['baseline_accuracy']:.3f} | {kept_cell(f)} | {f['best_epoch']} | "
                 f"{rule_cell(f, 'best')} | {rule_cell(f, 'last')} | "
                 f"{f['train_s'] / 60:.1f} min |"
             )
