@@ -85,7 +85,7 @@ class TrainConfig:
     preset: str = "tiny"  # tiny | small | base | cnn (model.PRESETS)
     depth: int | None = None  # transformer layers; None: the preset's (12; cnn: 0)
     # 25 was measured over the whole benchmark (NOTES.md, eleventh session): 93.8 min against
-    # 30's 105.5 on the 2-core fp32 CPU, and lower accuracy on three of the four protocols
+    # 30's 105.5 on the 2-core fp32 CPU, and lower accuracy on all four protocols
     epochs: int = 30
     batch_size: int = 32
     lr: float = 5e-4  # peak AdamW learning rate, reached after warm-up
@@ -121,9 +121,9 @@ class TrainConfig:
     ema_epochs: float = 0.0  # average the weights (EMA) over about this many epochs; 0 = off
     # model.pt's weights: the "best" epoch on the validation carve, or the "last" epoch's;
     # "auto": best when the carve holds MIN_VALID_PER_CLASS clips per class (on average), else
-    # last. The
-    # tenth session's whole benchmark, last against best: GTZAN +3.7 points (2-3 validation
-    # clips per class), UrbanSound8K -2.8 (~21), FSDD level (~27) (NOTES.md, "Which epoch to keep")
+    # last. Last against best over the whole benchmark at 30 / 25 epochs: GTZAN +3.7 / +0.5
+    # points (2-3 validation clips per class), UrbanSound8K -2.8 / -1.7 (~21), FSDD level (~27)
+    # (NOTES.md, eleventh session)
     keep: str = "auto"
     # knowledge distillation: first train a model of this preset ("cnn": model.PRESETS) with the
     # same settings into OUT/teacher, then train this one on (1 - distill) × the label loss +
