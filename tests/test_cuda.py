@@ -1,7 +1,11 @@
 """The CUDA paths: features, training (bf16 autocast, pinned memory) and prediction on a GPU,
-each checked against the CPU. Skipped where torch sees no GPU (CI has none)."""
+each checked against the CPU, and data-parallel training with NCCL where there are several GPUs.
+Skipped where torch sees no GPU (CI has none)."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,6 +15,7 @@ from audiovit import data, load_model
 from audiovit.features import FeatureConfig, LogMel
 from audiovit.train import TrainConfig, train
 from conftest import FAST
+from test_cli import fast_flags, run
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -40,3 +45,27 @@ def test_training_and_prediction_run_on_the_gpu(synth_root, tmp_path):
     on_cpu = load_model(tmp_path / "run" / "model.pt", device="cpu").predict(clip)
     assert on_gpu.label == on_cpu.label
     assert np.abs(on_gpu.probs - on_cpu.probs).max() < 0.05  # bf16 on the GPU, fp32 on the CPU
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL needs a GPU for each process")
+def test_torchrun_with_nccl_trains_like_one_gpu(synth_root, tmp_path):
+    # The conv stem: under torchrun on CUDA its BatchNorm becomes SyncBatchNorm, so the ranks
+    # normalise over the global batch as one process does. fp32 and no stochastic depth, so the
+    # two runs differ by the GPU's reduction order alone.
+    n = min(torch.cuda.device_count(), 4)
+    flags = [*fast_flags(epochs=3, batch_size=16, amp=False), "--drop-path", 0, "--seed", 3,
+             "--stem", "conv", "--device", "cuda"]  # fmt: skip
+    one, many = tmp_path / "one", tmp_path / "many"
+    run("train", synth_root, "--out", one, *flags)
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n),
+         "-m", "audiovit", "train", str(synth_root), "--out", str(many), *map(str, flags)],
+        capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}, timeout=600,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert r.stdout.count("device cuda:0") == 1 and r.stdout.count("epoch   3 ") == 1  # rank 0
+    a, b = ([json.loads(x) for x in (d / "log.jsonl").read_text().splitlines()] for d in (one, many))
+    assert len(a) == len(b) == 3
+    for x, y in zip(a, b):
+        assert abs(x["train_loss"] - y["train_loss"]) < 1e-3 * abs(x["train_loss"]), (x, y)
+        assert abs(x["valid_acc"] - y["valid_acc"]) <= 0.05, (x, y)
