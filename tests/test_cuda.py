@@ -10,12 +10,12 @@ import sys
 import numpy as np
 import pytest
 import torch
+from test_cli import fast_flags, run
 
 from audiovit import data, load_model
 from audiovit.features import FeatureConfig, LogMel
 from audiovit.train import TrainConfig, train
 from conftest import FAST
-from test_cli import fast_flags, run
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -64,7 +64,9 @@ def test_torchrun_with_nccl_trains_like_one_gpu(synth_root, tmp_path):
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-4000:]
     assert r.stdout.count("device cuda:0") == 1 and r.stdout.count("epoch   3 ") == 1  # rank 0
-    a, b = ([json.loads(x) for x in (d / "log.jsonl").read_text().splitlines()] for d in (one, many))
+    a, b = (
+        [json.loads(x) for x in (d / "log.jsonl").read_text().splitlines()] for d in (one, many)
+    )
     assert len(a) == len(b) == 3
     for x, y in zip(a, b):
         assert abs(x["train_loss"] - y["train_loss"]) < 1e-3 * abs(x["train_loss"]), (x, y)
