@@ -20,7 +20,8 @@ TRAIN_HELP = {
     "lr": "peak AdamW learning rate",
     "crop_s": "training window in seconds (default: min(max-crop-s, median clip length))",
     "mixup": "mixup Beta(a, a) parameter; 0 = off",
-    "patch_stride": "patch stride in bins/frames; < 16 overlaps patches (--stem patch only)",
+    "patch_stride": "token spacing in bins/frames: < 16 overlaps patches (--stem patch) or "
+    "gives the conv stem finer cells (2, 4, 8)",
     "stem": "patch: linear 16x16 patch embedding; conv: four strided 3x3 convolutions",
     "balance_classes": "draw training crops so every class is equally likely (None: when the "
     "class sizes differ by 1.5x or more)",

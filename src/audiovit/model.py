@@ -17,7 +17,12 @@ from torch import nn
 
 PATCH = 16  # patch side in mel bins and frames, as in ViT/DeiT's 16×16
 PLAIN_ATTENTION_MAX = 256  # tokens up to which CPU inference uses softmax(QKᵀ)V, not SDPA
-CONV_STRIDE = 16  # the convolutional stem's total stride: four stride-2 convs, one token per 16×16
+CONV_STRIDES = (
+    2,
+    4,
+    8,
+    16,
+)  # the conv stem's token spacings (patch_stride); 16: four stride-2 convs
 
 POOLS = ("cls", "mean")  # the choices of ModelConfig's string fields
 NORMS = ("example", "band")
@@ -39,7 +44,7 @@ class ModelConfig:
     n_mels: int = 128  # input frequency bins (F)
     n_frames: int = 301  # input frames (T) the position embedding is laid out for
     patch_size: int = PATCH  # square patches, in bins × frames
-    patch_stride: int = 16  # < patch_size gives overlapping patches (AST uses 10)
+    patch_stride: int = 16  # token spacing: < patch_size overlaps patches (AST uses 10); conv: 2-16
     width: int = 192  # token dimension (D)
     n_layers: int = 12
     n_heads: int = 3
@@ -62,7 +67,8 @@ class ModelConfig:
         """Patches along frequency and time for an input of ``n_frames`` frames."""
         t = self.n_frames if n_frames is None else n_frames
         if self.stem == "conv":  # each stride-2 conv (padding 1) halves a side, rounding up
-            return -(-self.n_mels // CONV_STRIDE), -(-t // CONV_STRIDE)
+            s = self.patch_stride
+            return -(-self.n_mels // s), -(-t // s)
         p, s = self.patch_size, self.patch_stride
         assert self.n_mels >= p and t >= p, f"input ({self.n_mels}×{t}) must be ≥ patch ({p})"
         return (self.n_mels - p) // s + 1, (t - p) // s + 1
@@ -101,26 +107,32 @@ class ConvStem(nn.Module):
     """Four 3×3 stride-2 convolutions (BatchNorm, ReLU), widths D/8 → D, then a 1×1 projection
     to D: one token per 16×16 cell, as the patch embedding, but built from overlapping local
     filters ("Early convolutions help transformers see better", Xiao et al. 2021). Adds ~10 % to
-    ViT-tiny's arithmetic. Layers are named as timm's ConvNormAct (``backbone.N.conv``/``.bn``),
-    then ``proj``; no ImageNet checkpoint provides them (load_timm_weights leaves them random).
+    ViT-tiny's arithmetic. ``patch_stride`` 8 (4, 2) gives the last one (two, three) convs
+    stride 1: a token per 8×8 (4×4, 2×2) cell, 4× (16×, 64×) the tokens. Layers are named as
+    timm's ConvNormAct (``backbone.N.conv``/``.bn``), then ``proj``; no ImageNet checkpoint
+    provides them (load_timm_weights leaves them random).
     """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         widths = [1] + [cfg.width // 8 * 2**i for i in range(4)]  # 1, D/8, D/4, D/2, D
-        self.backbone = nn.Sequential(*(ConvBnAct(a, b) for a, b in zip(widths, widths[1:])))
+        n_halvings = cfg.patch_stride.bit_length() - 1  # log2 of the token spacing
+        self.backbone = nn.Sequential(
+            *(ConvBnAct(a, b, 2 if i < n_halvings else 1)
+              for i, (a, b) in enumerate(zip(widths, widths[1:])))
+        )  # fmt: skip
         self.proj = nn.Conv2d(widths[-1], cfg.width, 1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        x = self.proj(self.backbone(x[:, None]))  # (B, 1, F, T) -> (B, D, ⌈F/16⌉, ⌈T/16⌉)
+        x = self.proj(self.backbone(x[:, None]))  # (B, 1, F, T) -> (B, D, ⌈F/s⌉, ⌈T/s⌉)
         grid = (x.shape[2], x.shape[3])
         return x.flatten(2).transpose(1, 2), grid  # (B, N, D)
 
 
 class ConvBnAct(nn.Module):
-    def __init__(self, c_in: int, c_out: int):
+    def __init__(self, c_in: int, c_out: int, stride: int = 2):
         super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False)
+        self.conv = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
         self.bn = nn.BatchNorm2d(c_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -194,9 +206,10 @@ class ViT(nn.Module):
                                  f"got {getattr(cfg, name)!r}")  # fmt: skip
         if cfg.n_layers == 0 and cfg.stem != "conv":
             raise ValueError("a model with no transformer layer needs the conv stem (stem='conv')")
-        if cfg.stem == "conv" and (cfg.patch_size, cfg.patch_stride) != (PATCH, CONV_STRIDE):
-            raise ValueError(f"the conv stem makes {CONV_STRIDE}×{CONV_STRIDE} tokens: leave "
-                             "patch_size and patch_stride at their defaults")  # fmt: skip
+        if cfg.stem == "conv" and (cfg.patch_size != PATCH or cfg.patch_stride not in CONV_STRIDES):
+            raise ValueError(f"the conv stem's patch_stride (token spacing) must be one of "
+                             f"{', '.join(map(str, CONV_STRIDES))}, and patch_size "
+                             f"{PATCH}")  # fmt: skip
         self.cfg = cfg
         D = cfg.width
         self.patch_embed = ConvStem(cfg) if cfg.stem == "conv" else PatchEmbed(cfg)

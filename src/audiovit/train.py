@@ -32,7 +32,7 @@ from .audio import AudioError
 from .features import FeatureCache, FeatureConfig, LogMel, default_cache_dir, spec_augment
 from .inference import SILENCE_DB, Classifier
 from .model import (
-    CONV_STRIDE,
+    CONV_STRIDES,
     NORMS,
     PATCH,
     POOLS,
@@ -100,7 +100,8 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global gradient norm
     crop_s: float | None = None  # training window in seconds; None: min(3 s, median clip)
     max_crop_s: float = 3.0
-    patch_stride: int = 16  # < 16 gives overlapping patches (stem "patch" only; slower)
+    patch_stride: int = 16  # token spacing: < 16 overlaps patches (patch stem) or gives the
+    # conv stem finer cells (2, 4 or 8); either way more tokens, slower
     # "conv": four strided 3×3 convs + BatchNorm (model.ConvStem); "patch": one linear map per
     # 16×16 patch, as in timm's ViT. conv fits small data faster (NOTES.md, "Convolutional stem")
     stem: str = "conv"
@@ -164,9 +165,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be {bound}; got {v}")
         if self.fmax is not None and self.fmax > self.sr / 2:
             raise ValueError(f"fmax must be at most sr / 2 = {self.sr / 2:g} Hz; got {self.fmax:g}")
-        if self.stem == "conv" and self.patch_stride != CONV_STRIDE:
-            raise ValueError(f"the conv stem has a fixed stride of {CONV_STRIDE}: overlapping "
-                             "patches need stem='patch' (--stem patch)")  # fmt: skip
+        if self.stem == "conv" and self.patch_stride not in CONV_STRIDES:
+            raise ValueError(f"the conv stem's patch_stride (its token spacing) must be one of "
+                             f"{', '.join(map(str, CONV_STRIDES))}; overlapping patches of "
+                             "another stride need stem='patch' (--stem patch)")  # fmt: skip
 
 
 @dataclass
