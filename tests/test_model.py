@@ -40,6 +40,19 @@ def test_conv_stem_gives_one_token_per_16x16_cell_and_scores_windows_independent
         ViT(small(stem="resnet"))
 
 
+@pytest.mark.parametrize("stride, grid", [(8, (4, 8)), (4, (8, 16))])
+def test_conv_stem_patch_stride_gives_finer_cells(stride, grid):
+    model = ViT(small(stem="conv", n_frames=64, patch_stride=stride))
+    assert model.cfg.grid() == grid and model.pos_embed.shape == (1, 1 + grid[0] * grid[1], 64)
+    strides = [layer.conv.stride for layer in model.patch_embed.backbone]
+    assert strides.count((2, 2)) == {8: 3, 4: 2}[stride] and strides[0] == (2, 2)
+    tokens, got = model.patch_embed(torch.randn(2, 32, 64))
+    assert got == grid and tokens.shape == (2, grid[0] * grid[1], 64)
+    assert model(torch.randn(2, 32, 100)).shape == (2, 5)  # other lengths
+    with pytest.raises(ValueError, match="patch_stride"):
+        ViT(small(stem="conv", patch_stride=10))
+
+
 def test_timm_weights_leave_the_conv_stem_random():
     donor = ViT(small(n_frames=32))  # a patch-embedding ViT in timm's layout, square grid
     model = ViT(small(stem="conv", n_frames=64))
