@@ -1,25 +1,30 @@
 """Test-time aggregation: how a clip's windows are combined, re-scored on the models that
 benchmarks/accuracy.py trained (no training here).
 
-    python benchmarks/aggregation.py [gtzan-artist us8k]
+    python benchmarks/aggregation.py [gtzan-artist us8k] [--runs runs/accuracy] [--cache-dir DIR]
 
-For each protocol's run folders (runs/accuracy/<protocol>/<fold>), every test clip's windows are
-scored at three hops (a quarter, half — the default — and a whole window) and combined four
-ways: mean of probabilities (the default), mean of log-probabilities, majority vote of the
-windows' labels, and the centre window alone. Accuracy is pooled over the protocol's folds. One more row scores the last epoch's
-weights (from last.pt) instead of the epoch chosen on validation, with the default aggregation.
-Writes benchmarks/results/aggregation.{md,json}.
+For each protocol's run folders (RUNS/<protocol>/<fold>), every test clip's windows are scored
+with the weights the run kept (model.pt) at three hops (a quarter, half and a whole window —
+the default, windows back to back) and combined four ways: mean of probabilities (the default),
+mean of log-probabilities, majority vote of the windows' labels, and the centre window alone.
+Accuracy is pooled over the protocol's folds. Two more rows score, with the default
+aggregation, the best epoch on validation (best.pt where the run kept the last epoch, else
+model.pt) and the last epoch (last.pt), whichever the run kept. Writes
+benchmarks/results/aggregation.{md,json}.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import sys
+from datetime import date
 from pathlib import Path
 
 import numpy as np
 import torch
+from accuracy import hardware
 
 from audiovit import checkpoint
 from audiovit.features import FeatureCache, default_cache_dir
@@ -35,17 +40,22 @@ RULES = {
     ),  # ties broken by the mean
     "centre window": lambda p: p[len(p) // 2],
 }
-HOPS = {"¼ window": 4, "½ window (default)": 2, "1 window": 1}
-DEFAULT = "½ window (default)"
+HOPS = {"¼ window": 4, "½ window": 2, "1 window (default)": 1}
+DEFAULT = "1 window (default)"
+WEIGHTS = ("best epoch on validation", "last epoch")
 
 
 def score_protocol(runs: Path, cache_dir: Path) -> dict:
     correct = {(h, r): 0 for h in HOPS for r in RULES}
-    last_correct, n = 0, 0
+    other = dict.fromkeys(WEIGHTS, 0)  # the default aggregation with each rule's weights
+    kept, n = [], 0
     for run in sorted(p for p in runs.iterdir() if (p / "predictions.csv").is_file()):
         clf = load_model(run / "model.pt", device="cpu")
         cache = FeatureCache(cache_dir, clf.logmel)
         index = {lb: i for i, lb in enumerate(clf.labels)}
+        rule = json.loads((run / "metrics.json").read_text()).get("keep", "best")
+        kept.append(rule)
+        best = load_model(run / ("best.pt" if rule == "last" else "model.pt"), device="cpu")
         last = load_model(run / "model.pt", device="cpu")
         last.model.load_state_dict(checkpoint.safe_load(run / "last.pt")["model"])
         with open(run / "predictions.csv", newline="", encoding="utf-8") as f:
@@ -56,31 +66,44 @@ def score_protocol(runs: Path, cache_dir: Path) -> dict:
             for hop_name, div in HOPS.items():
                 windows, _ = frame_windows(feats, clf.win, max(1, clf.win // div))
                 probs = clf.window_probs(windows)
-                for rule, fn in RULES.items():
-                    correct[hop_name, rule] += int(fn(probs).argmax()) == target
-            last_correct += int(last.predict_features(feats).argmax()) == target
+                for r, fn in RULES.items():
+                    correct[hop_name, r] += int(fn(probs).argmax()) == target
+            for name, c in zip(WEIGHTS, (best, last)):
+                other[name] += int(c.predict_features(feats).argmax()) == target
         n += len(rows)
     acc = {f"{h} | {r}": c / n for (h, r), c in correct.items()}
-    return {"n": n, "accuracy": {**acc, f"{DEFAULT} | last epoch's weights": last_correct / n}}
+    acc.update({f"{DEFAULT} | {name}'s weights": c / n for name, c in other.items()})
+    return {"n": n, "kept": kept, "accuracy": acc}
 
 
-def main(argv: list[str]) -> int:
-    protocols = argv or ["gtzan-artist", "us8k"]
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("protocols", nargs="*", default=["gtzan-artist", "us8k"])
+    p.add_argument("--runs", type=Path, default=ROOT / "runs" / "accuracy",
+                   help="accuracy.py's --runs folder (default: runs/accuracy)")  # fmt: skip
+    p.add_argument(
+        "--cache-dir", type=Path, default=None, help="feature cache (default: audiovit's)"
+    )
+    args = p.parse_args(argv)
     out = {}
-    for name in protocols:
-        runs = ROOT / "runs" / "accuracy" / name
+    for name in args.protocols:
+        runs = args.runs / name
         if not runs.is_dir():
             print(f"{name}: no runs in {runs}; run benchmarks/accuracy.py {name} first")
             continue
-        out[name] = score_protocol(runs, default_cache_dir())
+        out[name] = score_protocol(runs, args.cache_dir or default_cache_dir())
         print(name, json.dumps(out[name], indent=1), flush=True)
     if not out:
         return 1
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "aggregation.json").write_text(json.dumps(out, indent=2) + "\n")
     names = list(out)
+    kept = "; ".join(f"{p}: {', '.join(out[p]['kept'])}" for p in names)
+    command = " ".join(["python benchmarks/aggregation.py", *(argv or sys.argv[1:])])
     lines = ["# Test-time aggregation (models from benchmarks/accuracy.py, pooled test accuracy)",
-             "", "Command: `python benchmarks/aggregation.py " + " ".join(protocols) + "`", "",
+             "", f"Command: `{command}`, {date.today()}, {hardware(torch.device('cpu'))}. The",
+             "hop and rule rows score the epoch each run kept (model.pt; per fold: "
+             f"{kept}).", "",
              "| hop | rule | " + " | ".join(f"{p} (n={out[p]['n']})" for p in names) + " |",
              "|---|---|" + "---|" * len(names)]  # fmt: skip
     for key in out[names[0]]["accuracy"]:
@@ -92,4 +115,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())
