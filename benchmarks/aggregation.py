@@ -42,7 +42,7 @@ RULES = {
 }
 HOPS = {"¼ window": 4, "½ window": 2, "1 window (default)": 1}
 DEFAULT = "1 window (default)"
-WEIGHTS = ("best epoch on validation", "last epoch")
+WEIGHTS = ("best epoch on validation", "last epoch")  # rows: the mean of probabilities with each
 
 
 def score_protocol(runs: Path, cache_dir: Path) -> dict:
@@ -55,9 +55,13 @@ def score_protocol(runs: Path, cache_dir: Path) -> dict:
         index = {lb: i for i, lb in enumerate(clf.labels)}
         rule = json.loads((run / "metrics.json").read_text()).get("keep", "best")
         kept.append(rule)
+        if rule == "last" and not (run / "best.pt").is_file():
+            sys.exit(f"{run}: kept the last epoch but holds no best.pt (an older run); "
+                     "rerun benchmarks/accuracy.py for it")  # fmt: skip
         best = load_model(run / ("best.pt" if rule == "last" else "model.pt"), device="cpu")
         last = load_model(run / "model.pt", device="cpu")
-        last.model.load_state_dict(checkpoint.safe_load(run / "last.pt")["model"])
+        state = checkpoint.safe_load(run / "last.pt")  # the averaged weights where it kept an EMA
+        last.model.load_state_dict(state["ema"] if "ema" in state else state["model"])
         with open(run / "predictions.csv", newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
         for row in rows:
@@ -72,7 +76,9 @@ def score_protocol(runs: Path, cache_dir: Path) -> dict:
                 other[name] += int(c.predict_features(feats).argmax()) == target
         n += len(rows)
     acc = {f"{h} | {r}": c / n for (h, r), c in correct.items()}
-    acc.update({f"{DEFAULT} | {name}'s weights": c / n for name, c in other.items()})
+    acc.update(
+        {f"{DEFAULT} | mean of probabilities, {w}'s weights": c / n for w, c in other.items()}
+    )
     return {"n": n, "kept": kept, "accuracy": acc}
 
 

@@ -42,7 +42,9 @@ def setup(device: torch.device) -> torch.device:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
+        # On CUDA: NCCL for the model's tensors, gloo for the few CPU-side scalars (all_sum's
+        # loss and clip counts, the skip-step vote), which NCCL cannot carry.
+        backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
     return device
 

@@ -17,12 +17,8 @@ from torch import nn
 
 PATCH = 16  # patch side in mel bins and frames, as in ViT/DeiT's 16×16
 PLAIN_ATTENTION_MAX = 256  # tokens up to which CPU inference uses softmax(QKᵀ)V, not SDPA
-CONV_STRIDES = (
-    2,
-    4,
-    8,
-    16,
-)  # the conv stem's token spacings (patch_stride); 16: four stride-2 convs
+# the conv stem's token spacings (patch_stride); 16: four stride-2 convs, as the 16×16 patches
+CONV_STRIDES = (2, 4, 8, 16)
 
 POOLS = ("cls", "mean")  # the choices of ModelConfig's string fields
 NORMS = ("example", "band")
@@ -44,7 +40,9 @@ class ModelConfig:
     n_mels: int = 128  # input frequency bins (F)
     n_frames: int = 301  # input frames (T) the position embedding is laid out for
     patch_size: int = PATCH  # square patches, in bins × frames
-    patch_stride: int = 16  # token spacing: < patch_size overlaps patches (AST uses 10); conv: 2-16
+    patch_stride: int = (
+        16  # token spacing: < patch_size overlaps patches (AST uses 10); conv: 2, 4, 8 or 16
+    )
     width: int = 192  # token dimension (D)
     n_layers: int = 12
     n_heads: int = 3
@@ -105,12 +103,12 @@ class PatchEmbed(nn.Module):
 
 class ConvStem(nn.Module):
     """Four 3×3 stride-2 convolutions (BatchNorm, ReLU), widths D/8 → D, then a 1×1 projection
-    to D: one token per 16×16 cell, as the patch embedding, but built from overlapping local
-    filters ("Early convolutions help transformers see better", Xiao et al. 2021). Adds ~10 % to
-    ViT-tiny's arithmetic. ``patch_stride`` 8 (4, 2) gives the last one (two, three) convs
-    stride 1: a token per 8×8 (4×4, 2×2) cell, 4× (16×, 64×) the tokens. Layers are named as
-    timm's ConvNormAct (``backbone.N.conv``/``.bn``), then ``proj``; no ImageNet checkpoint
-    provides them (load_timm_weights leaves them random).
+    to D: by default one token per 16×16 cell, as the patch embedding, but built from
+    overlapping local filters ("Early convolutions help transformers see better", Xiao et al.
+    2021). Adds ~10 % to ViT-tiny's arithmetic. ``patch_stride`` 8 (4, 2) gives the last one
+    (two, three) convs stride 1: a token per 8×8 (4×4, 2×2) cell, 4× (16×, 64×) the tokens.
+    Layers are named as timm's ConvNormAct (``backbone.N.conv``/``.bn``), then ``proj``; no
+    ImageNet checkpoint provides them (load_timm_weights leaves them random).
     """
 
     def __init__(self, cfg: ModelConfig):
