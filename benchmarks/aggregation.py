@@ -8,8 +8,8 @@ with the weights the run kept (model.pt) at three hops (a quarter, half and a wh
 the default, windows back to back) and combined four ways: mean of probabilities (the default),
 mean of log-probabilities, majority vote of the windows' labels, and the centre window alone.
 Accuracy is pooled over the protocol's folds. Two more rows score, with the default
-aggregation, the best epoch on validation (best.pt where the run kept the last epoch, else
-model.pt) and the last epoch (last.pt), whichever the run kept. Writes
+aggregation, both epoch rules' weights whichever of them the run kept: the best epoch on
+validation (best.pt where the run kept the last epoch, else model.pt) and the last (last.pt). Writes
 benchmarks/results/aggregation.{md,json}.
 """
 

@@ -199,6 +199,13 @@ def spec_augment(
     return torch.where(keep, x, fill)
 
 
+# np.load parses each .npy header with ast.literal_eval. On CPython 3.11 two threads building
+# ASTs at once can fail with "SystemError: AST constructor recursion depth mismatch" (cf.
+# python/cpython#106905); it happened here once, to an entry read in a thread of get_many, during
+# `make test`. Reading an entry is quick, so reads are serialised; decoding stays parallel.
+_READ_LOCK = threading.Lock()
+
+
 class FeatureCache:
     """Whole-file log-mels on disk, keyed by the file's identity and the feature settings.
 
@@ -225,7 +232,8 @@ class FeatureCache:
         audio.check_file(path)
         entry = self._entry(path)
         try:
-            return np.load(entry, allow_pickle=False)
+            with _READ_LOCK:
+                return np.load(entry, allow_pickle=False)
         except FileNotFoundError:
             pass
         except (ValueError, OSError, EOFError):

@@ -40,9 +40,7 @@ class ModelConfig:
     n_mels: int = 128  # input frequency bins (F)
     n_frames: int = 301  # input frames (T) the position embedding is laid out for
     patch_size: int = PATCH  # square patches, in bins × frames
-    patch_stride: int = (
-        16  # token spacing: < patch_size overlaps patches (AST uses 10); conv: 2, 4, 8 or 16
-    )
+    patch_stride: int = 16  # token spacing: < patch_size overlaps (AST: 10); conv: 2, 4, 8, 16
     width: int = 192  # token dimension (D)
     n_layers: int = 12
     n_heads: int = 3
