@@ -3,14 +3,21 @@ kernel and with its per-tensor loop, on random crops of a given length.
 
     python benchmarks/train_step.py                 # FSDD-sized crops (48 frames) and 3 s (304)
     python benchmarks/train_step.py --frames 48 --repeats 30
+    python benchmarks/train_step.py --side-by-side  # + two 1-thread processes at once (fused)
 
 Prints the median milliseconds per step of each; amp follows the hardware as training does.
+``--side-by-side`` also runs the fused step in this many processes at once, each with one
+thread, and prints their clips/s together against this process's own (the budget's question in
+NOTES.md: would two folds trained at once finish sooner than one after the other?).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -46,13 +53,40 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--frames", type=int, nargs="+", default=[48, 304])
     p.add_argument("--repeats", type=int, default=15)
+    p.add_argument(
+        "--side-by-side",
+        type=int,
+        nargs="?",
+        const=2,
+        default=0,
+        metavar="N",
+        help="also time the fused step in N one-thread processes at once (N=2)",
+    )
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # fmt: skip
     args = p.parse_args()
+    if args.child:  # one process of --side-by-side: print its fused step's milliseconds
+        torch.set_num_threads(1)
+        print(step_ms(args.frames[0], True, args.repeats))
+        return
     print(f"ViT-tiny, batch 32, {torch.get_num_threads()} threads, "
           f"amp {autocast_dtype(torch.device('cpu'))}")  # fmt: skip
     for frames in args.frames:
         loop, fused = (step_ms(frames, f, args.repeats) for f in (False, True))
         print(f"{frames:4d} frames: per-tensor AdamW {loop:6.1f} ms/step, fused {fused:6.1f} "
               f"({100 * (1 - fused / loop):+.0f} % time saved)")  # fmt: skip
+        if args.side_by_side:
+            cmd = [sys.executable, __file__, "--child", "--frames", str(frames),
+                   "--repeats", str(args.repeats)]  # fmt: skip
+            env = {**os.environ, "OMP_NUM_THREADS": "1"}
+            procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+                     for _ in range(args.side_by_side)]  # fmt: skip
+            each = [float(p.communicate()[0]) for p in procs]
+            together = sum(32_000 / ms for ms in each)
+            print(
+                f"      {args.side_by_side} one-thread processes at once: "
+                f"{', '.join(f'{ms:.0f}' for ms in each)} ms/step, {together:.0f} clips/s "
+                f"together against {32_000 / fused:.0f} ({together * fused / 32_000 - 1:+.0%})"
+            )
 
 
 if __name__ == "__main__":
