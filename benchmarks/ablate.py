@@ -50,8 +50,12 @@ def row_key(row: dict) -> str:
 
 def load_rows(path: Path) -> dict:
     """ablations.json's rows, keyed by row_key (files written before the hardware joined the
-    key are re-keyed)."""
+    key are re-keyed, and rows from before the thirteenth session lose the ``device=cuda`` their
+    change was labelled with: the hardware column names the device)."""
     rows = json.loads(path.read_text()) if path.exists() else {}
+    for r in rows.values():
+        parts = [c for c in r["change"].split(", ") if not c.startswith("device=")]
+        r["change"] = ", ".join(parts) or "defaults"
     return {row_key(r): r for r in rows.values()}
 
 
@@ -245,7 +249,8 @@ def main(argv=None) -> int:
         except json.JSONDecodeError:
             change[key] = value
     cfg = replace(TrainConfig(cache_dir=str(args.cache_dir or default_cache_dir())), **change)
-    label = ", ".join(f"{k}={v}" for k, v in change.items()) or "defaults"
+    # the device is named by the row's hardware column, not as a change of recipe
+    label = ", ".join(f"{k}={v}" for k, v in change.items() if k != "device") or "defaults"
     run_args = argparse.Namespace(data=args.data, resume=False,
                                   runs=ROOT / "runs" / "ablations" / label.replace(" ", ""))  # fmt: skip
     row = run_protocol(args.protocol, run_args, cfg, only=args.folds)
