@@ -25,7 +25,7 @@ import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from accuracy import PROTOCOLS, ROOT, kept_cell, rule_cell, run_protocol
+from accuracy import PROTOCOLS, ROOT, default_workers, kept_cell, rule_cell, run_protocol
 
 from audiovit.features import default_cache_dir
 from audiovit.train import TrainConfig
@@ -215,6 +215,8 @@ def main(argv=None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     p.add_argument("--cache-dir", default=None)
+    p.add_argument("--workers", type=int, default=None,
+                   help="folds trained at once (default: 2 on a CPU, 1 on a GPU; see accuracy.py)")  # fmt: skip
     p.add_argument("--merge", nargs="+", type=Path, default=[], metavar="JSON",
                    help="add the rows of ablations.json files written elsewhere (no training)")  # fmt: skip
     p.add_argument("--from-benchmark", type=Path, metavar="JSON",
@@ -253,7 +255,8 @@ def main(argv=None) -> int:
     label = ", ".join(f"{k}={v}" for k, v in change.items() if k != "device") or "defaults"
     run_args = argparse.Namespace(data=args.data, resume=False,
                                   runs=ROOT / "runs" / "ablations" / label.replace(" ", ""))  # fmt: skip
-    row = run_protocol(args.protocol, run_args, cfg, only=args.folds)
+    workers = args.workers or default_workers(cfg.device)
+    row = run_protocol(args.protocol, run_args, cfg, only=args.folds, workers=workers)
     row = {k: row[k] for k in ROW_FIELDS}
     row["change"], row["only_folds"] = label, args.folds
     rows = load_rows(path)

@@ -1,8 +1,9 @@
 """Accuracy benchmark on real public audio, with the default training settings.
 
-    python benchmarks/accuracy.py                      # every protocol (96-106 min on 2 CPU cores)
+    python benchmarks/accuracy.py                      # every protocol (2 CPU cores: see below)
     python benchmarks/accuracy.py gtzan-artist us8k    # some of them
     python benchmarks/accuracy.py --resume             # finish runs cut short
+    python benchmarks/accuracy.py --workers 1          # one fold at a time, with every thread
 
 Protocols (the datasets' manifests in ../shared/data encode them; see its README):
 
@@ -22,6 +23,11 @@ the same log-mels: MFCC statistics (20 coefficients and their deltas, mean and s
 deviation) → standardisation → an RBF SVM (scikit-learn, a benchmark-only dependency), trained
 on train + valid since it needs no early stopping.
 
+On a CPU two folds train at once by default, each in its own process with half the threads:
+on the 2-core Xeon two one-thread processes train 15-30 % more clips per second than one
+two-thread process (NOTES.md, "The budget"). The costliest folds start first. One fold at a time
+took 105.5 min for every protocol on that machine (tenth session).
+
 Results are merged into benchmarks/results/accuracy.{json,md} by protocol and hardware, so a
 protocol run alone updates its own rows; the run folders (models, reports) go to runs/accuracy.
 """
@@ -31,11 +37,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import multiprocessing
 import platform
 import shutil
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
 from datetime import date
 from pathlib import Path
@@ -61,23 +69,29 @@ class Protocol:
     folds: str  # "split" (the manifest's split column), "all" (each fold tested once), or one fold
     headline: str  # "single", "mean" over folds, or "pooled" over every test prediction
     target: float
+    # seconds of training per training clip of a fold at the defaults on the 2-core Intel Xeon
+    # (tenth session; GTZAN's 3.6 at 5 crops per clip scaled to 4): only orders the folds when
+    # several train at once, longest first
+    clip_s: float
     group_pattern: str | None = None  # file-name regex for groups the manifest does not name
 
 
 PROTOCOLS = {
     "fsdd-official": Protocol("FSDD", "official split (takes 0-4 test; speaker-dependent)",
-                              "fsdd/manifest.csv", "split", "single", 0.99),
+                              "fsdd/manifest.csv", "split", "single", 0.99, clip_s=0.16),
     "fsdd-speaker": Protocol("FSDD", "leave one speaker out, 6 folds (mean)",
-                             "fsdd/manifest.csv", "all", "mean", 0.92),
+                             "fsdd/manifest.csv", "all", "mean", 0.92, clip_s=0.16),
     "gtzan-artist": Protocol("GTZAN (395 of 1000 clips)", "artist-filtered 3-fold CV (pooled)",
-                             "gtzan/manifest.csv", "all", "pooled", 0.70),
+                             "gtzan/manifest.csv", "all", "pooled", 0.70, clip_s=2.9),
     "us8k": Protocol("UrbanSound8K (folds 1-3, 10)", "train folds 1-3, test fold 10",
-                     "urbansound8k/manifest.csv", "10", "single", 0.78,
+                     "urbansound8k/manifest.csv", "10", "single", 0.78, clip_s=0.74,
                      group_pattern=r"^(\d+)-"),  # slices of one recording (fsID) stay together
 }  # fmt: skip
 
 
-def hardware(device: torch.device) -> str:
+def hardware(device: torch.device, workers: int = 1) -> str:
+    """The device, and on a CPU how its threads were used: 'CPU, 2 threads', or 'CPU, 2 folds
+    at once, 1 thread each'."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     cpu = platform.processor() or "CPU"
@@ -88,7 +102,11 @@ def hardware(device: torch.device) -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    if workers > 1:
+        per = max(1, threads // workers)
+        return f"{cpu}, {workers} folds at once, {per} thread{'s' if per > 1 else ''} each"
+    return f"{cpu}, {threads} threads"
 
 
 def fold_splits(ds: data.Dataset, proto: Protocol) -> list[tuple[str, data.Splits]]:
@@ -161,67 +179,95 @@ def run_baseline(splits: data.Splits, cache: FeatureCache) -> tuple[list[str], l
     return y_test, list(clf.predict(x_test))
 
 
-def run_protocol(name: str, args, cfg: TrainConfig, only: list[str] | None = None) -> dict:
-    """Train and score every fold of protocol ``name`` (or the folds in ``only``)."""
+@dataclass
+class Job:
+    """One training run of a protocol: a fold, with what a worker process needs to run it."""
+
+    name: str  # the protocol's key in PROTOCOLS
+    proto: Protocol
+    fold: str
+    ds: data.Dataset
+    splits: data.Splits
+    run: Path  # its run folder
+
+    @property
+    def cost(self) -> float:
+        """Estimated seconds of training, to start the longest first."""
+        return len(self.splits.train) * self.proto.clip_s
+
+
+def protocol_jobs(name: str, args, only: list[str] | None = None) -> list[Job]:
+    """The folds of protocol ``name`` (or those in ``only``), in the protocol's order."""
     proto = PROTOCOLS[name]
     ds = data.load_dataset(args.data / proto.manifest)
-    labels = ds.labels
+    return [Job(name, proto, fold, ds, splits, args.runs / name / fold)
+            for fold, splits in fold_splits(ds, proto) if only is None or fold in only]  # fmt: skip
+
+
+def run_fold(job: Job, cfg: TrainConfig, resume: bool, tag: str = "") -> dict:
+    """Train one fold and score it: its row of per-fold figures ("row"), and the (true,
+    predicted) labels of its test clips under the kept rule ("kept"), under each rule's weights
+    ("rules") and from the MFCC + SVM reference ("baseline"). ``tag`` prefixes its output lines
+    (folds trained side by side print into one stream)."""
+    labels, splits, run = job.ds.labels, job.splits, job.run
     cache = FeatureCache(
         cfg.cache_dir, LogMel(FeatureConfig(sr=cfg.sr, n_mels=cfg.n_mels, fmax=cfg.fmax))
     )
-    folds, all_true, all_pred, base_true, base_pred = ([] for _ in range(5))
-    by_rule = {"best": ([], []), "last": ([], [])}  # (true, predicted) of each rule's weights
-    t_protocol = time.perf_counter()
-    for fold, splits in fold_splits(ds, proto):
-        if only is not None and fold not in only:
-            continue
-        run = args.runs / name / fold
-        if run.exists() and not args.resume:
-            shutil.rmtree(run)
-        print(f"\n== {name}, fold {fold}: {len(splits.train)} train, {len(splits.valid)} valid, "
-              f"{len(splits.test)} test ==", flush=True)  # fmt: skip
-        t0 = time.perf_counter()
-        train(ds, splits, cfg, run, resume=args.resume, log=lambda s: print(s, flush=True))
-        wall = time.perf_counter() - t0
-        log = _log(run)
-        teacher = {}
-        if (run / "teacher").is_dir():  # distillation: the teacher's training is part of the cost
-            log += _log(run / "teacher")
-            own = json.loads((run / "teacher" / "metrics.json").read_text())
-            teacher = {"teacher_accuracy": own["accuracy"]}
-        true, pred = read_predictions(run)
-        all_true += true
-        all_pred += pred
-        kept, best_epoch = _kept(run)
-        other = "last" if kept == "best" else "best"
-        rule_preds = {kept: (true, pred),
-                      other: other_rule_predictions(run, kept, splits.test, cache, cfg)}  # fmt: skip
-        for rule, (t, p) in rule_preds.items():
-            by_rule[rule][0].extend(t)
-            by_rule[rule][1].extend(p)
-        bt, bp = run_baseline(splits, cache)
-        base_true += bt
-        base_pred += bp
-        folds.append({"fold": fold, **scores(true, pred, labels), "keep": kept,
-                      "baseline_accuracy": scores(bt, bp, labels)["accuracy"],
-                      **{f"{rule}_accuracy": scores(t, p, labels)["accuracy"]
-                         for rule, (t, p) in rule_preds.items()},
-                      "train_s": round(sum(r["epoch_s"] for r in log), 1),
-                      "wall_s": round(wall, 1), "best_epoch": best_epoch, **teacher})  # fmt: skip
-        f = folds[-1]
-        print(f"fold {fold}: accuracy {f['accuracy']:.4f} ({kept} epoch kept; best on "
-              f"validation {f['best_accuracy']:.4f}, last epoch {f['last_accuracy']:.4f}, "
-              f"MFCC+SVM {f['baseline_accuracy']:.4f})", flush=True)  # fmt: skip
+    if run.exists() and not resume:
+        shutil.rmtree(run)
+    started = time.time()
+    say = lambda s: print(f"{tag}{s}", flush=True)  # noqa: E731
+    say(f"\n== {job.name}, fold {job.fold}: {len(splits.train)} train, {len(splits.valid)} valid, "
+        f"{len(splits.test)} test ==")  # fmt: skip
+    t0 = time.perf_counter()
+    train(job.ds, splits, cfg, run, resume=resume, log=say)
+    wall = time.perf_counter() - t0
+    log = _log(run)
+    teacher = {}
+    if (run / "teacher").is_dir():  # distillation: the teacher's training is part of the cost
+        log += _log(run / "teacher")
+        own = json.loads((run / "teacher" / "metrics.json").read_text())
+        teacher = {"teacher_accuracy": own["accuracy"]}
+    true, pred = read_predictions(run)
+    kept, best_epoch = _kept(run)
+    other = "last" if kept == "best" else "best"
+    rules = {kept: (true, pred), other: other_rule_predictions(run, kept, splits.test, cache, cfg)}
+    bt, bp = run_baseline(splits, cache)
+    row = {"fold": job.fold, **scores(true, pred, labels), "keep": kept,
+           "baseline_accuracy": scores(bt, bp, labels)["accuracy"],
+           **{f"{rule}_accuracy": scores(t, p, labels)["accuracy"] for rule, (t, p) in rules.items()},
+           "train_s": round(sum(r["epoch_s"] for r in log), 1),
+           "wall_s": round(wall, 1), "best_epoch": best_epoch, **teacher}  # fmt: skip
+    say(f"fold {job.fold}: accuracy {row['accuracy']:.4f} ({kept} epoch kept; best on "
+        f"validation {row['best_accuracy']:.4f}, last epoch {row['last_accuracy']:.4f}, "
+        f"MFCC+SVM {row['baseline_accuracy']:.4f})")  # fmt: skip
+    return {"row": row, "kept": (true, pred), "rules": rules, "baseline": (bt, bp),
+            "span": (started, time.time())}  # fmt: skip
+
+
+def _concat(pairs) -> tuple[list, list]:
+    """[(true, predicted), ...] of several folds → (every true label, every predicted one)."""
+    pairs = list(pairs)
+    return [t for p in pairs for t in p[0]], [x for p in pairs for x in p[1]]
+
+
+def summarise(job: Job, results: list[dict], cfg: TrainConfig, workers: int) -> dict:
+    """The row of accuracy.json of ``job``'s protocol, from its folds' run_fold results (in fold
+    order). Its wall time runs from its first fold's start to its last fold's end."""
+    name, proto, labels = job.name, job.proto, job.ds.labels
+    folds = [r["row"] for r in results]
+    rule_pool = {rule: _concat(r["rules"][rule] for r in results) for rule in ("best", "last")}
+    wall_s = max(r["span"][1] for r in results) - min(r["span"][0] for r in results)
     if proto.headline == "mean":
         head = {k: statistics.mean(f[k] for f in folds)
                 for k in ("accuracy", "balanced_accuracy", "macro_f1")}  # fmt: skip
         head["n"] = sum(f["n"] for f in folds)
         base = statistics.mean(f["baseline_accuracy"] for f in folds)
-        rules = {r: statistics.mean(f[f"{r}_accuracy"] for f in folds) for r in by_rule}
+        rules = {r: statistics.mean(f[f"{r}_accuracy"] for f in folds) for r in rule_pool}
     else:  # single fold or pooled over every test prediction: the same computation
-        head = scores(all_true, all_pred, labels)
-        base = scores(base_true, base_pred, labels)["accuracy"]
-        rules = {r: scores(t, p, labels)["accuracy"] for r, (t, p) in by_rule.items()}
+        head = scores(*_concat(r["kept"] for r in results), labels)
+        base = scores(*_concat(r["baseline"] for r in results), labels)["accuracy"]
+        rules = {r: scores(t, p, labels)["accuracy"] for r, (t, p) in rule_pool.items()}
     device = resolve_device(cfg.device)
     return {
         "protocol": name, "dataset": proto.dataset, "description": proto.description,
@@ -229,12 +275,72 @@ def run_protocol(name: str, args, cfg: TrainConfig, only: list[str] | None = Non
         "best_accuracy": rules["best"], "last_accuracy": rules["last"],
         "folds": folds,
         "train_s": round(sum(f["train_s"] for f in folds), 1),
-        "wall_s": round(time.perf_counter() - t_protocol, 1),
-        "hardware": hardware(device), "device": device.type,
+        "wall_s": round(wall_s, 1), "workers": workers,
+        "hardware": hardware(device, workers), "device": device.type,
         "settings": {k: v for k, v in asdict(cfg).items() if k not in ("cache_dir", "device")},
         "torch": torch.__version__, "date": date.today().isoformat(),
         "command": "python benchmarks/accuracy.py " + " ".join(sys.argv[1:]),
     }  # fmt: skip
+
+
+def _one_thread_each(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def default_workers(device: str) -> int:
+    """Folds trained at once: two on a CPU with two or more threads (two one-thread processes
+    train ~15-30 % more clips/s than one two-thread process on the 2-core Xeon: NOTES.md, "The
+    budget"), one on a GPU."""
+    return 2 if resolve_device(device).type == "cpu" and torch.get_num_threads() >= 2 else 1
+
+
+def run_protocols(names: list[str], args, cfg: TrainConfig, workers: int = 1,
+                  only: list[str] | None = None, on_row=None) -> dict[str, dict]:  # fmt: skip
+    """Train and score every fold of the protocols ``names`` (or the folds in ``only``); return
+    their rows by protocol, calling ``on_row(row)`` as each protocol's last fold finishes.
+
+    With ``workers`` > 1, that many folds train at once, each in its own process with an equal
+    share of torch's threads, the costliest folds first (the protocols' ``clip_s``) so that the
+    short ones fill in at the end. Every fold's seed and data are its own, so a fold's result
+    does not depend on which folds run beside it; only the thread count can change the
+    arithmetic's rounding."""
+    jobs = [job for name in names for job in protocol_jobs(name, args, only)]
+    workers = max(1, min(workers, len(jobs)))
+    pending = {name: [j for j in jobs if j.name == name] for name in names}
+    done: dict[tuple[str, str], dict] = {}
+    rows = {}
+
+    def finished(job: Job, result: dict) -> None:
+        done[job.name, job.fold] = result
+        if all((job.name, j.fold) in done for j in pending[job.name]):
+            results = [done[job.name, j.fold] for j in pending[job.name]]
+            rows[job.name] = summarise(job, results, cfg, workers)
+            if on_row is not None:
+                on_row(rows[job.name])
+
+    if workers == 1:
+        for job in jobs:
+            finished(job, run_fold(job, cfg, args.resume))
+        return rows
+    threads = max(1, torch.get_num_threads() // workers)
+    order = sorted(jobs, key=lambda j: -j.cost)
+    print(f"{len(jobs)} folds, {workers} at once with {threads} thread(s) each, longest first: "
+          + ", ".join(f"{j.name}/{j.fold}" for j in order), flush=True)  # fmt: skip
+    ctx = multiprocessing.get_context("spawn")  # a forked child would inherit torch's threads
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_one_thread_each,
+                             initargs=(threads,)) as pool:  # fmt: skip
+        futures = {}
+        for job in order:  # the pool starts them in this order as workers come free
+            futures[pool.submit(run_fold, job, cfg, args.resume, f"[{job.name} {job.fold}] ")] = job
+        for future in as_completed(futures):
+            finished(futures[future], future.result())
+    return rows
+
+
+def run_protocol(name: str, args, cfg: TrainConfig, only: list[str] | None = None,
+                 workers: int = 1) -> dict:  # fmt: skip
+    """Train and score every fold of protocol ``name`` (or the folds in ``only``): its row."""
+    return run_protocols([name], args, cfg, workers, only)[name]
 
 
 def row_key(row: dict) -> str:
@@ -316,6 +422,18 @@ def write_results(rows: dict) -> None:
             f"{rule_cell(r, 'last')} | "
             f"{r['train_s'] / 60:.1f} min | {r['hardware']} | {r['date']} |"
         )
+    runs: dict[tuple, list[str]] = {}  # rows of one command share its wall time
+    for r in rs:
+        if "run_wall_s" in r:
+            key = (r["command"], r["run_wall_s"], r["hardware"], r["date"])
+            runs.setdefault(key, []).append(r["protocol"])
+    if runs:
+        lines += ["", "## Wall time of each command", "",
+                  "| command | protocols | wall time | hardware | date |", "|---|---|---|---|---|"]  # fmt: skip
+        for (command, wall, hw, day), protocols in runs.items():
+            lines.append(
+                f"| `{command}` | {', '.join(protocols)} | {wall / 60:.1f} min | {hw} | {day} |"
+            )
     lines += ["", "## Per fold", "",
               "| protocol | fold | accuracy | balanced acc. | macro-F1 | test clips | MFCC+SVM | "
               "kept | best epoch | best on validation | last epoch | train time |",
@@ -366,6 +484,13 @@ def main(argv=None) -> int:
     )
     p.add_argument("--epochs", type=int, default=None, help="a longer or shorter schedule")
     p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="folds trained at once, each in its own process with an equal share of the "
+        "threads (default: 2 on a CPU with 2 or more threads, 1 on a GPU)",
+    )
+    p.add_argument(
         "--merge",
         nargs="+",
         type=Path,
@@ -394,16 +519,30 @@ def main(argv=None) -> int:
             rows.update({row_key(r): r for r in json.loads(src.read_text()).values()})
         write_results(rows)
         return 0
+    names = []
     for name in args.protocols or list(PROTOCOLS):
         manifest = args.data / PROTOCOLS[name].manifest
-        if not manifest.is_file():
+        if manifest.is_file():
+            names.append(name)
+        else:
             print(f"{name}: {manifest} not found; skipped", file=sys.stderr)
-            continue
-        row = run_protocol(name, args, cfg)
+    t0 = time.perf_counter()
+
+    def finished(row: dict) -> None:
         rows[row_key(row)] = row
         write_results(rows)  # after each protocol: a cut-short run keeps what it finished
-        print(f"\n{name}: accuracy {row['accuracy']:.4f} (target {row['target']}), "
+        print(f"\n{row['protocol']}: accuracy {row['accuracy']:.4f} (target {row['target']}), "
               f"MFCC+SVM {row['baseline_accuracy']:.4f}, {row['wall_s'] / 60:.1f} min", flush=True)  # fmt: skip
+
+    workers = args.workers or default_workers(cfg.device)
+    done = run_protocols(names, args, cfg, workers, on_row=finished)
+    if done:  # each row records the whole command's wall time, and which protocols it ran
+        run = {"run_wall_s": round(time.perf_counter() - t0, 1), "run_protocols": list(done)}
+        for row in done.values():
+            rows[row_key(row)] = {**row, **run}
+        write_results(rows)
+        print(f"\n{', '.join(done)}: {run['run_wall_s'] / 60:.1f} min of wall time "
+              f"({workers} fold{'s' if workers > 1 else ''} at once)", flush=True)  # fmt: skip
     return 0
 
 

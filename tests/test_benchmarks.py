@@ -30,6 +30,18 @@ def test_mfcc_statistics_equal_librosas(frames):
     np.testing.assert_allclose(mfcc_stats(S), want, rtol=1e-5, atol=1e-4)
 
 
+def two_fold_protocol(synth_root, tmp_path, monkeypatch) -> accuracy.Protocol:
+    """A protocol "synth" over the synthetic clips: two folds, each tested once, pooled."""
+    with open(tmp_path / "manifest.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "fold"])
+        for i, wav in enumerate(sorted(synth_root.glob("*/*.wav"))):
+            w.writerow([wav, wav.parent.name, i % 2])
+    proto = accuracy.Protocol("synth", "two folds", "manifest.csv", "all", "pooled", 0.5, 1.0)
+    monkeypatch.setitem(accuracy.PROTOCOLS, "synth", proto)
+    return proto
+
+
 @pytest.mark.parametrize("keep", ["best", "last"])
 def test_the_other_rule_column_scores_its_weights_like_the_run_scores_its_model(
     synth_root, tmp_path, monkeypatch, keep
@@ -37,13 +49,7 @@ def test_the_other_rule_column_scores_its_weights_like_the_run_scores_its_model(
     """After one epoch the last epoch is also the best, so scoring the weights the run did not
     keep (last.pt, or best.pt under keep=last) must give the run's own test predictions, clip
     for clip; other weights in that file must change them."""
-    with open(tmp_path / "manifest.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "label", "fold"])
-        for i, wav in enumerate(sorted(synth_root.glob("*/*.wav"))):
-            w.writerow([wav, wav.parent.name, i % 2])
-    proto = accuracy.Protocol("synth", "two folds", "manifest.csv", "all", "pooled", 0.5)
-    monkeypatch.setitem(accuracy.PROTOCOLS, "synth", proto)
+    proto = two_fold_protocol(synth_root, tmp_path, monkeypatch)
     cfg = TrainConfig(**{**FAST, "epochs": 1}, keep=keep, cache_dir=str(tmp_path / "cache"))
     args = argparse.Namespace(data=tmp_path, runs=tmp_path / "runs", resume=False)
     row = accuracy.run_protocol("synth", args, cfg)
@@ -72,6 +78,37 @@ def test_the_other_rule_column_scores_its_weights_like_the_run_scores_its_model(
         model.load_state_dict(noisy(model.state_dict()))
         checkpoint.save_model(run / "best.pt", model, fcfg, labels, meta)
     assert accuracy.other_rule_predictions(run, keep, splits.test, cache, cfg) != other
+
+
+def test_folds_side_by_side_score_as_one_after_the_other(synth_root, tmp_path, monkeypatch):
+    """Two folds trained at once, in two one-thread worker processes, give the rows and the
+    clip-by-clip predictions of the same folds trained one after the other in this process with
+    one thread: a fold's result does not depend on the fold beside it."""
+    two_fold_protocol(synth_root, tmp_path, monkeypatch)
+    cfg = TrainConfig(**{**FAST, "epochs": 2}, cache_dir=str(tmp_path / "cache"))
+    args = lambda runs: argparse.Namespace(data=tmp_path, runs=tmp_path / runs, resume=False)  # noqa: E731
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = accuracy.run_protocols(["synth"], args("one"), cfg, workers=1)["synth"]
+    finally:
+        torch.set_num_threads(threads)
+    seen = []
+    two = accuracy.run_protocols(["synth"], args("two"), cfg, workers=2, on_row=seen.append)
+    assert seen == [two["synth"]]
+    two = two["synth"]
+    assert two["workers"] == 2 and "2 folds at once, 1 thread each" in two["hardware"]
+    assert one["workers"] == 1 and "folds at once" not in one["hardware"]
+    timing = ("train_s", "wall_s")
+    strip = lambda row: {k: v for k, v in row.items() if k not in timing}  # noqa: E731
+    assert [strip(f) for f in two["folds"]] == [strip(f) for f in one["folds"]]
+    assert [f["fold"] for f in two["folds"]] == ["0", "1"]
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "n", "best_accuracy", "last_accuracy",
+                "baseline_accuracy"):  # fmt: skip
+        assert two[key] == one[key], key
+    for fold in ("0", "1"):
+        assert accuracy.read_predictions(tmp_path / "two" / "synth" / fold) == (
+            accuracy.read_predictions(tmp_path / "one" / "synth" / fold))  # fmt: skip
 
 
 def test_rule_columns_read_each_rules_score_and_older_rows_their_kept_one():
