@@ -216,8 +216,8 @@ def run_fold(job: Job, cfg: TrainConfig, resume: bool, tag: str = "") -> dict:
     if run.exists() and not resume:
         shutil.rmtree(run)
     started = time.time()
-    say = lambda s: print(f"{tag}{s}", flush=True)  # noqa: E731
-    say(f"\n== {job.name}, fold {job.fold}: {len(splits.train)} train, {len(splits.valid)} valid, "
+    say = lambda s: print("\n".join(tag + ln for ln in s.split("\n")), flush=True)  # noqa: E731
+    say(f"== {job.name}, fold {job.fold}: {len(splits.train)} train, {len(splits.valid)} valid, "
         f"{len(splits.test)} test ==")  # fmt: skip
     t0 = time.perf_counter()
     train(job.ds, splits, cfg, run, resume=resume, log=say)
