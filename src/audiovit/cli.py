@@ -16,9 +16,12 @@ TRAIN_HELP = {
     "preset": "model size: tiny, small or base; cnn: the conv stem alone (no transformer layer)",
     "depth": "transformer layers, overriding the preset's 12",
     "fmax": "Hz, top of the highest mel band; unset: half the sample rate",
-    "epochs": "passes over the training clips (1-5 random crops of each per pass, by clip length)",
+    "epochs": "passes over the training clips (1-4 random crops of each per pass, by clip length)",
     "lr": "peak AdamW learning rate",
     "crop_s": "training window in seconds (default: min(max-crop-s, median clip length))",
+    "crops_per_clip": "crops of each clip per epoch (default: enough to cover the median clip, "
+    "up to --max-crops-per-clip)",
+    "max_crops_per_clip": "most crops of each clip per epoch when --crops-per-clip is unset",
     "mixup": "mixup Beta(a, a) parameter; 0 = off",
     "patch_stride": "token spacing in bins/frames: < 16 overlaps patches (--stem patch) or "
     "gives the conv stem finer cells (2, 4, 8)",
