@@ -25,7 +25,15 @@ import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from accuracy import PROTOCOLS, ROOT, default_workers, kept_cell, rule_cell, run_protocol
+from accuracy import (
+    PROTOCOLS,
+    ROOT,
+    FoldsFailed,
+    default_workers,
+    kept_cell,
+    rule_cell,
+    run_protocol,
+)
 
 from audiovit.features import default_cache_dir
 from audiovit.train import TrainConfig
@@ -34,7 +42,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 # what a row keeps of run_protocol's result (last_accuracy: runs since the seventh session;
 # best_accuracy: since the eleventh, before which accuracy was the best epoch's)
 ROW_FIELDS = ("protocol", "accuracy", "balanced_accuracy", "macro_f1", "n", "baseline_accuracy",
-              "best_accuracy", "last_accuracy", "train_s", "hardware", "date", "folds")  # fmt: skip
+              "best_accuracy", "last_accuracy", "train_s", "hardware", "workers", "date",
+              "folds")  # fmt: skip
 CURRENT = "defaults (accuracy.json, current)"  # a fold's row of the benchmark, as reference
 # The folds of the protocols whose headline is the mean over folds: runs of single folds that
 # cover them all are combined into the protocol's headline figure.
@@ -43,9 +52,10 @@ ALL_FOLDS = {"fsdd-speaker": ("george", "jackson", "lucas", "nicolas", "theo", "
 
 def row_key(row: dict) -> str:
     """A row's key in ablations.json: the same change on other hardware is another row (CPUs
-    with and without bf16 units train differently; see write_results)."""
+    with and without bf16 units train differently; see write_results), but not the same
+    hardware's threads used another way (one process, or several folds at once)."""
     folds = ",".join(row["only_folds"] or ["all"])
-    return f"{row['protocol']}|{folds}|{row['change']}|{row.get('hardware') or 'unrecorded'}"
+    return f"{row['protocol']}|{folds}|{row['change']}|{short_hardware(row.get('hardware'))}"
 
 
 def load_rows(path: Path) -> dict:
@@ -256,7 +266,13 @@ def main(argv=None) -> int:
     run_args = argparse.Namespace(data=args.data, resume=False,
                                   runs=ROOT / "runs" / "ablations" / label.replace(" ", ""))  # fmt: skip
     workers = args.workers or default_workers(cfg.device)
-    row = run_protocol(args.protocol, run_args, cfg, only=args.folds, workers=workers)
+    try:
+        row = run_protocol(args.protocol, run_args, cfg, only=args.folds, workers=workers)
+    except ValueError as e:  # a fold the protocol does not have
+        p.error(str(e))
+    except FoldsFailed as e:
+        print(f"ablate.py: {e}", file=sys.stderr)
+        return 1
     row = {k: row[k] for k in ROW_FIELDS}
     row["change"], row["only_folds"] = label, args.folds
     rows = load_rows(path)

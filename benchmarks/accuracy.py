@@ -38,6 +38,7 @@ import argparse
 import csv
 import json
 import multiprocessing
+import os
 import platform
 import shutil
 import statistics
@@ -200,8 +201,13 @@ def protocol_jobs(name: str, args, only: list[str] | None = None) -> list[Job]:
     """The folds of protocol ``name`` (or those in ``only``), in the protocol's order."""
     proto = PROTOCOLS[name]
     ds = data.load_dataset(args.data / proto.manifest)
+    folds = fold_splits(ds, proto)
+    unknown = sorted(set(only or ()) - {fold for fold, _ in folds})
+    if unknown:
+        raise ValueError(f"{name} has no fold {', '.join(unknown)}; its folds: "
+                         f"{', '.join(fold for fold, _ in folds)}")  # fmt: skip
     return [Job(name, proto, fold, ds, splits, args.runs / name / fold)
-            for fold, splits in fold_splits(ds, proto) if only is None or fold in only]  # fmt: skip
+            for fold, splits in folds if only is None or fold in only]  # fmt: skip
 
 
 def run_fold(job: Job, cfg: TrainConfig, resume: bool, tag: str = "") -> dict:
@@ -283,14 +289,31 @@ def summarise(job: Job, results: list[dict], cfg: TrainConfig, workers: int) -> 
     }  # fmt: skip
 
 
-def _one_thread_each(threads: int) -> None:
+class FoldsFailed(RuntimeError):
+    """Some folds raised; the others finished and their protocols' rows were delivered."""
+
+
+_STOP = None  # in a worker process: the parent's event that says to start no more folds
+
+
+def _worker_init(threads: int, stop) -> None:
+    global _STOP
+    _STOP = stop
     torch.set_num_threads(threads)
+    os.environ["AUDIOVIT_PROGRESS"] = "0"  # two redrawn bars would overwrite each other's line
+
+
+def _worker_run_fold(job: Job, cfg: TrainConfig, resume: bool, tag: str) -> dict:
+    if _STOP is not None and _STOP.is_set():
+        raise KeyboardInterrupt(f"{job.name} fold {job.fold}: not started (interrupted)")
+    return run_fold(job, cfg, resume, tag)
 
 
 def default_workers(device: str) -> int:
-    """Folds trained at once: two on a CPU with two or more threads (two one-thread processes
-    train ~15-30 % more clips/s than one two-thread process on the 2-core Xeon: NOTES.md, "The
-    budget"), one on a GPU."""
+    """Folds trained at once: two on a CPU with two or more threads, one on a GPU. On the 2-core
+    Xeon two one-thread processes trained 11-34 % more clips/s than one two-thread process, in
+    five runs of ``benchmarks/train_step.py --side-by-side`` and its ad hoc first version
+    (NOTES.md, "The budget")."""
     return 2 if resolve_device(device).type == "cpu" and torch.get_num_threads() >= 2 else 1
 
 
@@ -303,12 +326,16 @@ def run_protocols(names: list[str], args, cfg: TrainConfig, workers: int = 1,
     share of torch's threads, the costliest folds first (the protocols' ``clip_s``) so that the
     short ones fill in at the end. Every fold's seed and data are its own, so a fold's result
     does not depend on which folds run beside it; only the thread count can change the
-    arithmetic's rounding."""
+    arithmetic's rounding. A fold that raises does not stop the others: their protocols' rows
+    are delivered, then FoldsFailed names the failures. Ctrl-C on the terminal reaches every
+    process: each fold stops at the end of its epoch (its last.pt saved, for ``--resume``) and
+    no other fold starts."""
+    names = list(dict.fromkeys(names))  # a protocol named twice would train its folders twice
     jobs = [job for name in names for job in protocol_jobs(name, args, only)]
     workers = max(1, min(workers, len(jobs)))
     pending = {name: [j for j in jobs if j.name == name] for name in names}
     done: dict[tuple[str, str], dict] = {}
-    rows = {}
+    rows, failed = {}, []
 
     def finished(job: Job, result: dict) -> None:
         done[job.name, job.fold] = result
@@ -318,22 +345,48 @@ def run_protocols(names: list[str], args, cfg: TrainConfig, workers: int = 1,
             if on_row is not None:
                 on_row(rows[job.name])
 
+    def failure(job: Job, e: Exception) -> None:
+        failed.append(f"{job.name} fold {job.fold}: {type(e).__name__}: {e}")
+        print(f"{job.name} fold {job.fold} failed: {type(e).__name__}: {e}", file=sys.stderr,
+              flush=True)  # fmt: skip
+
     if workers == 1:
         for job in jobs:
-            finished(job, run_fold(job, cfg, args.resume))
-        return rows
-    threads = max(1, torch.get_num_threads() // workers)
-    order = sorted(jobs, key=lambda j: -j.cost)
-    print(f"{len(jobs)} folds, {workers} at once with {threads} thread(s) each, longest first: "
-          + ", ".join(f"{j.name}/{j.fold}" for j in order), flush=True)  # fmt: skip
-    ctx = multiprocessing.get_context("spawn")  # a forked child would inherit torch's threads
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_one_thread_each,
-                             initargs=(threads,)) as pool:  # fmt: skip
-        futures = {}
-        for job in order:  # the pool starts them in this order as workers come free
-            futures[pool.submit(run_fold, job, cfg, args.resume, f"[{job.name} {job.fold}] ")] = job
-        for future in as_completed(futures):
-            finished(futures[future], future.result())
+            try:
+                result = run_fold(job, cfg, args.resume)
+            except Exception as e:
+                failure(job, e)
+                continue
+            finished(job, result)
+    else:
+        threads = max(1, torch.get_num_threads() // workers)
+        order = sorted(jobs, key=lambda j: -j.cost)
+        print(f"{len(jobs)} folds, {workers} at once with {threads} thread(s) each, longest "
+              "first: " + ", ".join(f"{j.name}/{j.fold}" for j in order), flush=True)  # fmt: skip
+        # spawned, not forked: a fork copies torch's OpenMP pool state, which can deadlock, and
+        # CUDA cannot be used in a forked child
+        ctx = multiprocessing.get_context("spawn")
+        stop = ctx.Event()
+        pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
+                                   initargs=(threads, stop))  # fmt: skip
+        try:
+            futures = {pool.submit(_worker_run_fold, job, cfg, args.resume,
+                                   f"[{job.name} {job.fold}] "): job for job in order}  # fmt: skip
+            for future in as_completed(futures):
+                try:
+                    result = future.result()
+                except Exception as e:  # KeyboardInterrupt (a worker's Ctrl-C) goes on up
+                    failure(futures[future], e)
+                    continue
+                finished(futures[future], result)
+        except BaseException:
+            stop.set()  # the fold a worker has queued must not start either
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        finally:
+            pool.shutdown(wait=True)  # running folds end at their epoch's end after a Ctrl-C
+    if failed:
+        raise FoldsFailed(f"{len(failed)} of {len(jobs)} folds failed: " + "; ".join(failed))
     return rows
 
 
@@ -422,11 +475,8 @@ def write_results(rows: dict) -> None:
             f"{rule_cell(r, 'last')} | "
             f"{r['train_s'] / 60:.1f} min | {r['hardware']} | {r['date']} |"
         )
-    runs: dict[tuple, list[str]] = {}  # rows of one command share its wall time
-    for r in rs:
-        if "run_wall_s" in r:
-            key = (r["command"], r["run_wall_s"], r["hardware"], r["date"])
-            runs.setdefault(key, []).append(r["protocol"])
+    runs = {(r["command"], r["run_wall_s"], r["hardware"], r["date"]): r["run_protocols"]
+            for r in rs if "run_wall_s" in r}  # rows of one command share its wall time  # fmt: skip
     if runs:
         lines += ["", "## Wall time of each command", "",
                   "| command | protocols | wall time | hardware | date |", "|---|---|---|---|---|"]  # fmt: skip
@@ -535,14 +585,21 @@ def main(argv=None) -> int:
               f"MFCC+SVM {row['baseline_accuracy']:.4f}, {row['wall_s'] / 60:.1f} min", flush=True)  # fmt: skip
 
     workers = args.workers or default_workers(cfg.device)
-    done = run_protocols(names, args, cfg, workers, on_row=finished)
-    if done:  # each row records the whole command's wall time, and which protocols it ran
-        run = {"run_wall_s": round(time.perf_counter() - t0, 1), "run_protocols": list(done)}
+    try:
+        done = run_protocols(names, args, cfg, workers, on_row=finished)
+    except ValueError as e:  # a fold the protocol does not have
+        p.error(str(e))
+    except FoldsFailed as e:  # the protocols whose folds all finished are written already
+        print(f"accuracy.py: {e}", file=sys.stderr)
+        return 1
+    if done:  # each row records the whole command's wall time and the protocols it ran
+        run = {"run_wall_s": round(time.perf_counter() - t0, 1), "run_protocols": names}
         for row in done.values():
             rows[row_key(row)] = {**row, **run}
         write_results(rows)
-        print(f"\n{', '.join(done)}: {run['run_wall_s'] / 60:.1f} min of wall time "
-              f"({workers} fold{'s' if workers > 1 else ''} at once)", flush=True)  # fmt: skip
+        n = max(r["workers"] for r in done.values())
+        print(f"\n{', '.join(names)}: {run['run_wall_s'] / 60:.1f} min of wall time "
+              f"({n} fold{'s' if n > 1 else ''} at once)", flush=True)  # fmt: skip
     return 0
 
 

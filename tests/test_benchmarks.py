@@ -81,20 +81,21 @@ def test_the_other_rule_column_scores_its_weights_like_the_run_scores_its_model(
 
 
 def test_folds_side_by_side_score_as_one_after_the_other(synth_root, tmp_path, monkeypatch):
-    """Two folds trained at once, in two one-thread worker processes, give the rows and the
-    clip-by-clip predictions of the same folds trained one after the other in this process with
-    one thread: a fold's result does not depend on the fold beside it."""
+    """Two folds trained at once, in two one-thread worker processes (two threads shared by two
+    workers), give the rows and the clip-by-clip predictions of the same folds trained one after
+    the other in this process with one thread: a fold's result does not depend on the fold
+    beside it."""
     two_fold_protocol(synth_root, tmp_path, monkeypatch)
     cfg = TrainConfig(**{**FAST, "epochs": 2}, cache_dir=str(tmp_path / "cache"))
     args = lambda runs: argparse.Namespace(data=tmp_path, runs=tmp_path / runs, resume=False)  # noqa: E731
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    threads, seen = torch.get_num_threads(), []
     try:
+        torch.set_num_threads(1)
         one = accuracy.run_protocols(["synth"], args("one"), cfg, workers=1)["synth"]
+        torch.set_num_threads(2)
+        two = accuracy.run_protocols(["synth"], args("two"), cfg, workers=2, on_row=seen.append)
     finally:
         torch.set_num_threads(threads)
-    seen = []
-    two = accuracy.run_protocols(["synth"], args("two"), cfg, workers=2, on_row=seen.append)
     assert seen == [two["synth"]]
     two = two["synth"]
     assert two["workers"] == 2 and "2 folds at once, 1 thread each" in two["hardware"]
@@ -109,6 +110,34 @@ def test_folds_side_by_side_score_as_one_after_the_other(synth_root, tmp_path, m
     for fold in ("0", "1"):
         assert accuracy.read_predictions(tmp_path / "two" / "synth" / fold) == (
             accuracy.read_predictions(tmp_path / "one" / "synth" / fold))  # fmt: skip
+
+
+def test_a_failing_fold_leaves_the_others_rows_and_is_named(synth_root, tmp_path, monkeypatch):
+    """Folds side by side: a protocol whose clips are all unreadable fails its folds, while the
+    good protocol's row is still delivered; then one error names the failed folds. Asking for
+    a fold a protocol lacks is refused up front."""
+    two_fold_protocol(synth_root, tmp_path, monkeypatch)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    with open(tmp_path / "broken.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "fold"])
+        for i in range(12):
+            (bad / f"{i}.wav").write_bytes(b"not audio")
+            w.writerow([bad / f"{i}.wav", "ab"[i % 2], i % 2])
+    broken = accuracy.Protocol("broken", "unreadable", "broken.csv", "all", "pooled", 0.5, 9.0)
+    monkeypatch.setitem(accuracy.PROTOCOLS, "broken", broken)
+    cfg = TrainConfig(**{**FAST, "epochs": 1}, cache_dir=str(tmp_path / "cache"))
+    args = argparse.Namespace(data=tmp_path, runs=tmp_path / "runs", resume=False)
+    with pytest.raises(ValueError, match="synth has no fold 7; its folds: 0, 1"):
+        accuracy.run_protocols(["synth"], args, cfg, only=["7"])
+    seen = []
+    with pytest.raises(
+        accuracy.FoldsFailed, match="2 of 4 folds failed: broken fold 0: .*broken fold 1"
+    ):
+        accuracy.run_protocols(["broken", "synth"], args, cfg, workers=2, on_row=seen.append)
+    assert [r["protocol"] for r in seen] == ["synth"]
+    assert [f["fold"] for f in seen[0]["folds"]] == ["0", "1"]
 
 
 def test_rule_columns_read_each_rules_score_and_older_rows_their_kept_one():

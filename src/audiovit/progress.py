@@ -1,4 +1,6 @@
-"""A small progress bar for long loops: on a terminal it redraws one line, elsewhere it is quiet."""
+"""A small progress bar for long loops: on a terminal it redraws one line, elsewhere it is quiet.
+AUDIOVIT_PROGRESS=0 turns it off (several processes sharing a terminal would overwrite each
+other's line)."""
 
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ class Progress:
             hasattr(self.stream, "isatty")
             and self.stream.isatty()
             and os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone draws
+            and os.environ.get("AUDIOVIT_PROGRESS", "1") != "0"
         )
         self.fields: dict[str, str] = {}
         self.n = 0
