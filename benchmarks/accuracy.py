@@ -346,7 +346,7 @@ def run_protocols(names: list[str], args, cfg: TrainConfig, workers: int = 1,
                 on_row(rows[job.name])
 
     def failure(job: Job, e: Exception) -> None:
-        failed.append(f"{job.name} fold {job.fold}: {type(e).__name__}: {e}")
+        failed.append((jobs.index(job), f"{job.name} fold {job.fold}: {type(e).__name__}: {e}"))
         print(f"{job.name} fold {job.fold} failed: {type(e).__name__}: {e}", file=sys.stderr,
               flush=True)  # fmt: skip
 
@@ -386,6 +386,7 @@ def run_protocols(names: list[str], args, cfg: TrainConfig, workers: int = 1,
         finally:
             pool.shutdown(wait=True)  # running folds end at their epoch's end after a Ctrl-C
     if failed:
+        failed = [msg for _, msg in sorted(failed)]  # in the protocols' fold order
         raise FoldsFailed(f"{len(failed)} of {len(jobs)} folds failed: " + "; ".join(failed))
     return rows
 
