@@ -71,8 +71,7 @@ class Protocol:
     headline: str  # "single", "mean" over folds, or "pooled" over every test prediction
     target: float
     # seconds of training per training clip of a fold at the defaults on the 2-core Intel Xeon
-    # (tenth session; GTZAN's 3.6 at 5 crops per clip scaled to 4): only orders the folds when
-    # several train at once, longest first
+    # (tenth session): only orders the folds when several train at once, longest first
     clip_s: float
     group_pattern: str | None = None  # file-name regex for groups the manifest does not name
 
@@ -83,7 +82,7 @@ PROTOCOLS = {
     "fsdd-speaker": Protocol("FSDD", "leave one speaker out, 6 folds (mean)",
                              "fsdd/manifest.csv", "all", "mean", 0.92, clip_s=0.16),
     "gtzan-artist": Protocol("GTZAN (395 of 1000 clips)", "artist-filtered 3-fold CV (pooled)",
-                             "gtzan/manifest.csv", "all", "pooled", 0.70, clip_s=2.9),
+                             "gtzan/manifest.csv", "all", "pooled", 0.70, clip_s=3.6),
     "us8k": Protocol("UrbanSound8K (folds 1-3, 10)", "train folds 1-3, test fold 10",
                      "urbansound8k/manifest.csv", "10", "single", 0.78, clip_s=0.74,
                      group_pattern=r"^(\d+)-"),  # slices of one recording (fsID) stay together

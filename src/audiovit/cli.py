@@ -16,7 +16,7 @@ TRAIN_HELP = {
     "preset": "model size: tiny, small or base; cnn: the conv stem alone (no transformer layer)",
     "depth": "transformer layers, overriding the preset's 12",
     "fmax": "Hz, top of the highest mel band; unset: half the sample rate",
-    "epochs": "passes over the training clips (1-4 random crops of each per pass, by clip length)",
+    "epochs": "passes over the training clips (1-5 random crops of each per pass, by clip length)",
     "lr": "peak AdamW learning rate",
     "crop_s": "training window in seconds (default: min(max-crop-s, median clip length))",
     "crops_per_clip": "crops of each clip per epoch (default: enough to cover the median clip, "
