@@ -24,9 +24,10 @@ deviation) → standardisation → an RBF SVM (scikit-learn, a benchmark-only de
 on train + valid since it needs no early stopping.
 
 On a CPU two folds train at once by default, each in its own process with half the threads:
-on the 2-core Xeon two one-thread processes train 15-30 % more clips per second than one
+on the 2-core Xeon two one-thread processes train 11-41 % more clips per second than one
 two-thread process (NOTES.md, "The budget"). The costliest folds start first. One fold at a time
-took 105.5 min for every protocol on that machine (tenth session).
+took 105.5 min for every protocol on that machine (tenth session); two at once are estimated at
+82-86 min from short runs, a whole run not yet measured.
 
 Results are merged into benchmarks/results/accuracy.{json,md} by protocol and hardware, so a
 protocol run alone updates its own rows; the run folders (models, reports) go to runs/accuracy.
