@@ -108,12 +108,11 @@ class TrainConfig:
     pool: str = "mean"  # mean of patch tokens trains faster than a class token on small data
     norm: str = "example"  # input standardisation: "example" or "band" (per-band mean removed)
     drop_path: float = 0.1
-    crops_per_clip: int | None = (
-        None  # crops of each clip per epoch; None: enough to cover the median clip, up to:
-    )
-    # 30 s clips: 5 random 3 s crops per epoch. 4 train a GTZAN fold a fifth faster; over GTZAN's
-    # three folds (one run) they scored 2.4 points lower with the last epoch, 4.5 higher with the
-    # best on validation: no evidence either way (NOTES.md, "The budget")
+    # crops of each clip per epoch; None: enough to cover the median clip, up to the cap below
+    crops_per_clip: int | None = None
+    # the cap: 30 s clips get 5 random 3 s crops per epoch. 4 train a GTZAN fold a fifth faster;
+    # over GTZAN's three folds (one run) they scored 2.4 points lower with the last epoch, 4.5
+    # higher with the best on validation: no evidence either way (NOTES.md, "The budget")
     max_crops_per_clip: int = 5
     freq_mask: float = 0.1  # SpecAugment: max width of each frequency mask, fraction of the bins
     time_mask: float = 0.1  # SpecAugment: max width of each time mask, fraction of the crop
