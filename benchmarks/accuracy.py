@@ -310,10 +310,8 @@ def _worker_run_fold(job: Job, cfg: TrainConfig, resume: bool, tag: str) -> dict
 
 
 def default_workers(device: str) -> int:
-    """Folds trained at once: two on a CPU with two or more threads, one on a GPU. On the 2-core
-    Xeon two one-thread processes trained 11-34 % more clips/s than one two-thread process, in
-    five runs of ``benchmarks/train_step.py --side-by-side`` and its ad hoc first version
-    (NOTES.md, "The budget")."""
+    """Folds trained at once: two on a CPU with two or more threads (the gain is in the module
+    docstring and NOTES.md, "The budget"), one on a GPU."""
     return 2 if resolve_device(device).type == "cpu" and torch.get_num_threads() >= 2 else 1
 
 
