@@ -25,7 +25,8 @@ on train + valid since it needs no early stopping.
 
 On a CPU two folds train at once by default, each in its own process with half the threads:
 on the 2-core Xeon two one-thread processes train 11-41 % more clips per second than one
-two-thread process (NOTES.md, "The budget"). The costliest folds start first. One fold at a time
+two-thread process (NOTES.md, "The budget"). The costliest folds start first, and the last fold
+left takes the idle worker's thread. One fold at a time
 took 105.5 min for every protocol on that machine (tenth session); two at once are estimated at
 82-86 min from short runs, a whole run not yet measured.
 
@@ -210,11 +211,13 @@ def protocol_jobs(name: str, args, only: list[str] | None = None) -> list[Job]:
             for fold, splits in folds if only is None or fold in only]  # fmt: skip
 
 
-def run_fold(job: Job, cfg: TrainConfig, resume: bool, tag: str = "") -> dict:
+def run_fold(job: Job, cfg: TrainConfig, resume: bool, tag: str = "",
+             on_log=None) -> dict:  # fmt: skip
     """Train one fold and score it: its row of per-fold figures ("row"), and the (true,
     predicted) labels of its test clips under the kept rule ("kept"), under each rule's weights
     ("rules") and from the MFCC + SVM reference ("baseline"). ``tag`` prefixes its output lines
-    (folds trained side by side print into one stream)."""
+    (folds trained side by side print into one stream); ``on_log()`` runs after each line it
+    prints, at the start, after every epoch and before the scoring."""
     labels, splits, run = job.ds.labels, job.splits, job.run
     cache = FeatureCache(
         cfg.cache_dir, LogMel(FeatureConfig(sr=cfg.sr, n_mels=cfg.n_mels, fmax=cfg.fmax))
@@ -222,7 +225,12 @@ def run_fold(job: Job, cfg: TrainConfig, resume: bool, tag: str = "") -> dict:
     if run.exists() and not resume:
         shutil.rmtree(run)
     started = time.time()
-    say = lambda s: print("\n".join(tag + ln for ln in s.split("\n")), flush=True)  # noqa: E731
+
+    def say(s: str) -> None:
+        print("\n".join(tag + ln for ln in s.split("\n")), flush=True)
+        if on_log is not None:
+            on_log()
+
     say(f"== {job.name}, fold {job.fold}: {len(splits.train)} train, {len(splits.valid)} valid, "
         f"{len(splits.test)} test ==")  # fmt: skip
     t0 = time.perf_counter()
@@ -293,20 +301,38 @@ class FoldsFailed(RuntimeError):
     """Some folds raised; the others finished and their protocols' rows were delivered."""
 
 
-_STOP = None  # in a worker process: the parent's event that says to start no more folds
+# in a worker process: the parent's event that says to start no more folds, the count of folds
+# not yet finished (shared by every worker), the number of workers and the threads among them
+_STOP = _LEFT = None
+_WORKERS = _THREADS = 1
 
 
-def _worker_init(threads: int, stop) -> None:
-    global _STOP
-    _STOP = stop
-    torch.set_num_threads(threads)
+def _worker_init(workers: int, threads: int, stop, left) -> None:
+    global _STOP, _LEFT, _WORKERS, _THREADS
+    _STOP, _LEFT, _WORKERS, _THREADS = stop, left, workers, threads
+    share_threads()
     os.environ["AUDIOVIT_PROGRESS"] = "0"  # two redrawn bars would overwrite each other's line
+
+
+def share_threads() -> int:
+    """Set this worker's share of the threads: an equal share while every worker has a fold,
+    and once fewer folds are left than workers, the idle workers' threads too (a protocol's
+    last fold would otherwise train on one core of two). Returns the share."""
+    left = _LEFT.value if _LEFT is not None else _WORKERS
+    share = max(1, _THREADS // max(1, min(_WORKERS, left)))
+    if share != torch.get_num_threads():
+        torch.set_num_threads(share)
+    return share
 
 
 def _worker_run_fold(job: Job, cfg: TrainConfig, resume: bool, tag: str) -> dict:
     if _STOP is not None and _STOP.is_set():
         raise KeyboardInterrupt(f"{job.name} fold {job.fold}: not started (interrupted)")
-    return run_fold(job, cfg, resume, tag)
+    try:
+        return run_fold(job, cfg, resume, tag, on_log=share_threads)
+    finally:
+        with _LEFT.get_lock():
+            _LEFT.value -= 1
 
 
 def default_workers(device: str) -> int:
@@ -322,9 +348,10 @@ def run_protocols(names: list[str], args, cfg: TrainConfig, workers: int = 1,
 
     With ``workers`` > 1, that many folds train at once, each in its own process with an equal
     share of torch's threads, the costliest folds first (the protocols' ``clip_s``) so that the
-    short ones fill in at the end. Every fold's seed and data are its own, so a fold's result
-    does not depend on which folds run beside it; only the thread count can change the
-    arithmetic's rounding. A fold that raises does not stop the others: their protocols' rows
+    short ones fill in at the end; once fewer folds are left than workers, the last ones take
+    the idle workers' threads from their next epoch (share_threads). Every fold's seed and data
+    are its own, so a fold's result does not depend on which folds run beside it; only the
+    thread count can change the arithmetic's rounding. A fold that raises does not stop the others: their protocols' rows
     are delivered, then FoldsFailed names the failures. Ctrl-C on the terminal reaches every
     process: each fold stops at the end of its epoch (its last.pt saved, for ``--resume``) and
     no other fold starts."""
@@ -359,14 +386,14 @@ def run_protocols(names: list[str], args, cfg: TrainConfig, workers: int = 1,
     else:
         threads = max(1, torch.get_num_threads() // workers)
         order = sorted(jobs, key=lambda j: -j.cost)
-        print(f"{len(jobs)} folds, {workers} at once with {threads} thread(s) each, longest "
-              "first: " + ", ".join(f"{j.name}/{j.fold}" for j in order), flush=True)  # fmt: skip
+        print(f"{len(jobs)} folds, {workers} at once with {threads} thread(s) each (the last "
+              "ones with more), longest first: " + ", ".join(f"{j.name}/{j.fold}" for j in order), flush=True)  # fmt: skip
         # spawned, not forked: a fork copies torch's OpenMP pool state, which can deadlock, and
         # CUDA cannot be used in a forked child
         ctx = multiprocessing.get_context("spawn")
-        stop = ctx.Event()
+        stop, left = ctx.Event(), ctx.Value("i", len(jobs))
         pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
-                                   initargs=(threads, stop))  # fmt: skip
+                                   initargs=(workers, torch.get_num_threads(), stop, left))  # fmt: skip
         try:
             futures = {pool.submit(_worker_run_fold, job, cfg, args.resume,
                                    f"[{job.name} {job.fold}] "): job for job in order}  # fmt: skip

@@ -112,6 +112,40 @@ def test_folds_side_by_side_score_as_one_after_the_other(synth_root, tmp_path, m
             accuracy.read_predictions(tmp_path / "one" / "synth" / fold))  # fmt: skip
 
 
+def test_the_last_folds_take_the_idle_workers_threads(monkeypatch):
+    """A worker's fold trains on its share of the threads while every worker has a fold, and on
+    every thread once it is the last fold left; a finished or failed fold counts itself out."""
+    import multiprocessing
+
+    left = multiprocessing.Value("i", 3)
+    monkeypatch.setattr(accuracy, "_STOP", None)
+    monkeypatch.setattr(accuracy, "_LEFT", left)
+    monkeypatch.setattr(accuracy, "_WORKERS", 2)
+    monkeypatch.setattr(accuracy, "_THREADS", 2)
+    seen = []
+
+    def fold(job, cfg, resume, tag, on_log):  # stands in for training: logs twice
+        seen.append(on_log())
+        with left.get_lock():
+            left.value -= 1  # meanwhile, the other worker's fold finishes
+        seen.append(on_log())
+        if job == "bad":
+            raise RuntimeError("unreadable")
+        return {}
+
+    monkeypatch.setattr(accuracy, "run_fold", fold)
+    threads = torch.get_num_threads()
+    try:
+        accuracy._worker_run_fold("good", None, False, "")  # 3 folds left, then 2: one each
+        assert seen == [1, 1] and left.value == 1
+        left.value = 2
+        with pytest.raises(RuntimeError):  # 2 left, then this one alone: both threads
+            accuracy._worker_run_fold("bad", None, False, "")
+        assert seen[2:] == [1, 2] and torch.get_num_threads() == 2 and left.value == 0
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_a_failing_fold_leaves_the_others_rows_and_is_named(synth_root, tmp_path, monkeypatch):
     """Folds side by side: a protocol whose clips are all unreadable fails its folds, while the
     good protocol's row is still delivered; then one error names the failed folds. Asking for
