@@ -27,8 +27,8 @@ On a CPU two folds train at once by default, each in its own process with half t
 on the 2-core Xeon two one-thread processes train 11-41 % more clips per second than one
 two-thread process (NOTES.md, "The budget"). The costliest folds start first, and the last fold
 left takes the idle worker's thread. One fold at a time
-took 105.5 min for every protocol on that machine (tenth session); two at once are estimated at
-82-86 min from short runs, a whole run not yet measured.
+took 105.5 min for every protocol on that machine (tenth session); two at once took 106.5 min in
+the fourteenth session, on an evening when the machine timed 1.07-1.39x slower (NOTES.md).
 
 Results are merged into benchmarks/results/accuracy.{json,md} by protocol and hardware, so a
 protocol run alone updates its own rows; the run folders (models, reports) go to runs/accuracy.
