@@ -26,9 +26,9 @@ on train + valid since it needs no early stopping.
 On a CPU two folds train at once by default, each in its own process with half the threads:
 on the 2-core Xeon two one-thread processes train 11-41 % more clips per second than one
 two-thread process (NOTES.md, "The budget"). The costliest folds start first, and the last fold
-left takes the idle worker's thread. One fold at a time
-took 105.5 min for every protocol on that machine (tenth session); two at once took 106.5 min in
-the fourteenth session, on an evening when the machine timed 1.07-1.39x slower (NOTES.md).
+left takes the idle worker's thread. One fold at a time took 105.5 min for every protocol on
+that machine (tenth session); two at once took 106.5 min in the fourteenth session, on an
+evening when the machine timed 1.07-1.39x slower (NOTES.md).
 
 Results are merged into benchmarks/results/accuracy.{json,md} by protocol and hardware, so a
 protocol run alone updates its own rows; the run folders (models, reports) go to runs/accuracy.
@@ -351,10 +351,10 @@ def run_protocols(names: list[str], args, cfg: TrainConfig, workers: int = 1,
     short ones fill in at the end; once fewer folds are left than workers, the last ones take
     the idle workers' threads from their next epoch (share_threads). Every fold's seed and data
     are its own, so a fold's result does not depend on which folds run beside it; only the
-    thread count can change the arithmetic's rounding. A fold that raises does not stop the others: their protocols' rows
-    are delivered, then FoldsFailed names the failures. Ctrl-C on the terminal reaches every
-    process: each fold stops at the end of its epoch (its last.pt saved, for ``--resume``) and
-    no other fold starts."""
+    thread count can change the arithmetic's rounding. A fold that raises does not stop the
+    others: their protocols' rows are delivered, then FoldsFailed names the failures. Ctrl-C on
+    the terminal reaches every process: each fold stops at the end of its epoch (its last.pt
+    saved, for ``--resume``) and no other fold starts."""
     names = list(dict.fromkeys(names))  # a protocol named twice would train its folders twice
     jobs = [job for name in names for job in protocol_jobs(name, args, only)]
     workers = max(1, min(workers, len(jobs)))
@@ -387,13 +387,15 @@ def run_protocols(names: list[str], args, cfg: TrainConfig, workers: int = 1,
         threads = max(1, torch.get_num_threads() // workers)
         order = sorted(jobs, key=lambda j: -j.cost)
         print(f"{len(jobs)} folds, {workers} at once with {threads} thread(s) each (the last "
-              "ones with more), longest first: " + ", ".join(f"{j.name}/{j.fold}" for j in order), flush=True)  # fmt: skip
+              "ones with more), longest first: "
+              + ", ".join(f"{j.name}/{j.fold}" for j in order), flush=True)  # fmt: skip
         # spawned, not forked: a fork copies torch's OpenMP pool state, which can deadlock, and
         # CUDA cannot be used in a forked child
         ctx = multiprocessing.get_context("spawn")
         stop, left = ctx.Event(), ctx.Value("i", len(jobs))
-        pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
-                                   initargs=(workers, torch.get_num_threads(), stop, left))  # fmt: skip
+        pool = ProcessPoolExecutor(
+            workers, mp_context=ctx, initializer=_worker_init,
+            initargs=(workers, torch.get_num_threads(), stop, left))  # fmt: skip
         try:
             futures = {pool.submit(_worker_run_fold, job, cfg, args.resume,
                                    f"[{job.name} {job.fold}] "): job for job in order}  # fmt: skip
