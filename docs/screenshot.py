@@ -23,7 +23,8 @@ def main(model: str, audio: str, out: str) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "audiovit", "serve", model, "--port", str(port)])
+    cmd = [sys.executable, "-m", "audiovit", "serve", model, "--port", str(port)]
+    server = subprocess.Popen(cmd)
     url = f"http://127.0.0.1:{port}/"
     try:
         for _ in range(300):
@@ -35,13 +36,15 @@ def main(model: str, audio: str, out: str) -> None:
         opts = webdriver.ChromeOptions()
         opts.binary_location = "/usr/bin/chromium"
         for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                     "--window-size=1000,1100", f"--user-data-dir={tempfile.mkdtemp()}"):  # fmt: skip
+                     "--disable-background-networking", "--disable-component-update",
+                     "--disable-sync", "--window-size=1000,1100",
+                     f"--user-data-dir={tempfile.mkdtemp()}"):  # fmt: skip
             opts.add_argument(flag)
         browser = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
         try:
             browser.get(url)
-            WebDriverWait(browser, 30).until(lambda b: "classes" in b.find_element(By.ID, "model").text)
+            model_text = lambda b: b.find_element(By.ID, "model").text
+            WebDriverWait(browser, 30).until(lambda b: "classes" in model_text(b))
             browser.find_element(By.ID, "file").send_keys(audio)
             WebDriverWait(browser, 60).until(lambda b: b.find_element(By.ID, "label").text.strip())
             time.sleep(0.5)
