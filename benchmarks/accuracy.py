@@ -128,11 +128,14 @@ def read_predictions(run: Path) -> tuple[list[str], list[str]]:
 
 def other_rule_predictions(
     run: Path, kept: str, test: list[data.Item], cache: FeatureCache, cfg: TrainConfig
-) -> tuple[list[str], list[str]]:
+) -> tuple[list[str], list[str]] | None:
     """(true labels, predicted labels) on ``test`` from the epoch the run did not keep: the last
     epoch's weights (last.pt; its averaged weights where the run kept an EMA) where ``kept`` is
-    "best", the best on validation (best.pt) where it is "last"."""
+    "best", the best on validation (best.pt) where it is "last"; None where the run kept the
+    last epoch and validated nothing (its validation carve trained too: TrainConfig.keep)."""
     device = resolve_device(cfg.device)
+    if kept == "last" and not (run / "best.pt").is_file():
+        return None
     if kept == "last":
         model, fcfg, labels, _ = checkpoint.load_model(run / "best.pt", device)
     else:
@@ -249,19 +252,30 @@ def run_fold(job: Job, cfg: TrainConfig, resume: bool, tag: str = "",
     bt, bp = run_baseline(splits, cache)
     row = {"fold": job.fold, **scores(true, pred, labels), "keep": kept,
            "baseline_accuracy": scores(bt, bp, labels)["accuracy"],
-           **{f"{rule}_accuracy": scores(t, p, labels)["accuracy"] for rule, (t, p) in rules.items()},
+           **{f"{rule}_accuracy": _accuracy(pairs, labels) for rule, pairs in rules.items()},
            "train_s": round(sum(r["epoch_s"] for r in log), 1),
            "wall_s": round(wall, 1), "best_epoch": best_epoch, **teacher}  # fmt: skip
     say(f"fold {job.fold}: accuracy {row['accuracy']:.4f} ({kept} epoch kept; best on "
-        f"validation {row['best_accuracy']:.4f}, last epoch {row['last_accuracy']:.4f}, "
+        f"validation {_fmt(row['best_accuracy'])}, last epoch {_fmt(row['last_accuracy'])}, "
         f"MFCC+SVM {row['baseline_accuracy']:.4f})")  # fmt: skip
     return {"row": row, "kept": (true, pred), "rules": rules, "baseline": (bt, bp),
             "span": (started, time.time())}  # fmt: skip
 
 
-def _concat(pairs) -> tuple[list, list]:
-    """[(true, predicted), ...] of several folds → (every true label, every predicted one)."""
+def _accuracy(pairs: tuple[list[str], list[str]] | None, labels: list[str]) -> float | None:
+    return None if pairs is None else scores(*pairs, labels)["accuracy"]
+
+
+def _fmt(v: float | None) -> str:
+    return "—" if v is None else f"{v:.4f}"
+
+
+def _concat(pairs) -> tuple[list, list] | None:
+    """[(true, predicted), ...] of several folds → (every true label, every predicted one);
+    None where a fold has none (a rule a run could not score)."""
     pairs = list(pairs)
+    if any(p is None for p in pairs):
+        return None
     return [t for p in pairs for t in p[0]], [x for p in pairs for x in p[1]]
 
 
@@ -277,11 +291,12 @@ def summarise(job: Job, results: list[dict], cfg: TrainConfig, workers: int) -> 
                 for k in ("accuracy", "balanced_accuracy", "macro_f1")}  # fmt: skip
         head["n"] = sum(f["n"] for f in folds)
         base = statistics.mean(f["baseline_accuracy"] for f in folds)
-        rules = {r: statistics.mean(f[f"{r}_accuracy"] for f in folds) for r in rule_pool}
+        rules = {r: None if rule_pool[r] is None else statistics.mean(f[f"{r}_accuracy"]
+                 for f in folds) for r in rule_pool}  # fmt: skip
     else:  # single fold or pooled over every test prediction: the same computation
         head = scores(*_concat(r["kept"] for r in results), labels)
         base = scores(*_concat(r["baseline"] for r in results), labels)["accuracy"]
-        rules = {r: scores(t, p, labels)["accuracy"] for r, (t, p) in rule_pool.items()}
+        rules = {r: _accuracy(pairs, labels) for r, pairs in rule_pool.items()}
     device = resolve_device(cfg.device)
     return {
         "protocol": name, "dataset": proto.dataset, "description": proto.description,

@@ -56,8 +56,8 @@ def score_protocol(runs: Path, cache_dir: Path) -> dict:
         rule = json.loads((run / "metrics.json").read_text()).get("keep", "best")
         kept.append(rule)
         if rule == "last" and not (run / "best.pt").is_file():
-            sys.exit(f"{run}: kept the last epoch but holds no best.pt (an older run); "
-                     "rerun benchmarks/accuracy.py for it")  # fmt: skip
+            sys.exit(f"{run}: kept the last epoch but holds no best.pt (an older run, or one "
+                     "whose validation carve trained too: nothing to compare against)")  # fmt: skip
         best = load_model(run / ("best.pt" if rule == "last" else "model.pt"), device="cpu")
         last = load_model(run / "model.pt", device="cpu")
         state = checkpoint.safe_load(run / "last.pt")  # the averaged weights where it kept an EMA

@@ -57,7 +57,7 @@ def test_torchrun_with_nccl_trains_like_one_gpu(synth_root, tmp_path, monkeypatc
     n = 4 if torch.cuda.device_count() >= 4 else 2  # the global batch of 16 divides among them
     monkeypatch.setenv("NVIDIA_TF32_OVERRIDE", "0")  # both runs' processes inherit it
     flags = [*fast_flags(epochs=3, batch_size=16, amp=False), "--drop-path", 0, "--seed", 3,
-             "--stem", "conv", "--device", "cuda"]  # fmt: skip
+             "--stem", "conv", "--device", "cuda", "--keep", "last"]  # fmt: skip
     one, many = tmp_path / "one", tmp_path / "many"
     run("train", synth_root, "--out", one, *flags)
     r = subprocess.run(

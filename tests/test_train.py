@@ -31,7 +31,9 @@ def _splits(root):
     "extra", [{"stem": "patch"}, {"ema_epochs": 1.0, "balance_classes": True}, {"teacher": "cnn"}]
 )
 def test_resume_reproduces_the_uninterrupted_run(synth_root, tmp_path, monkeypatch, extra):
-    cfg = TrainConfig(**{**FAST, "epochs": 4, **extra}, cache_dir=str(tmp_path / "cache"))
+    # keep="last": the carve stays a validation split, and best.pt is written and resumed too
+    cfg = TrainConfig(**{**FAST, "epochs": 4, **extra}, keep="last",
+                      cache_dir=str(tmp_path / "cache"))  # fmt: skip
     ds, splits = _splits(synth_root)
     full = train(ds, splits, cfg, tmp_path / "full", log=lambda *a: None)
 
@@ -57,7 +59,7 @@ def test_resume_reproduces_the_uninterrupted_run(synth_root, tmp_path, monkeypat
         {k: v for k, v in json.loads(x).items() if k not in TIMINGS} for x in lines
     ]
     assert strip(log_cut) == strip(log_full)
-    assert resumed["keep"] == "last"  # auto, on the small synthetic carve: best.pt is written
+    assert resumed["keep"] == "last"
     for name in ("model.pt", "best.pt"):
         want = checkpoint.load_model(tmp_path / "full" / name)[0].state_dict()
         got = checkpoint.load_model(tmp_path / "cut" / name)[0].state_dict()
@@ -226,9 +228,37 @@ def test_auto_keeps_the_last_epoch_unless_validation_holds_enough_clips_per_clas
         assert m["keep"] == rule
         assert any(line.startswith(f"keeping the {'last epoch' if rule == 'last' else 'best'}")
                    and f"{per_class:.1f} clips per class" in line for line in logs)  # fmt: skip
-        assert (tmp_path / rule / "best.pt").exists() == (rule == "last")
+        # a carve too small to choose an epoch trains too: nothing is validated, no best.pt
+        log = [json.loads(x) for x in (tmp_path / rule / "log.jsonl").read_text().splitlines()]
+        validated = [r["valid_acc"] is not None for r in log]
+        assert validated == [rule == "best"] * cfg.epochs
+        assert (tmp_path / rule / "best.pt").exists() is False
+        assert (m["best_epoch"] is None) == (rule == "last")
+        counts = checkpoint.load_model(tmp_path / rule / "model.pt")[3]["data"]["counts"]
+        n = {s: sum(counts[s].values()) for s in counts}
+        assert n["train"] == len(splits.train) + (len(splits.valid) if rule == "last" else 0)
+        assert n["valid"] == (0 if rule == "last" else len(splits.valid))
+        assert n["test"] == len(splits.test) == m["n"]
+        report = (tmp_path / rule / "report.html").read_text()
+        assert ("no validation split" in report) == (rule == "last")
     assert train_module.keep_rule("best", 0, 10) == "best"  # a rule named is the rule kept
     assert train_module.keep_rule("last", 10**6, 10) == "last"
+
+
+def test_a_validation_split_of_its_own_never_trains(synth_root, tmp_path):
+    """Only a carve goes back into training: a validation fold (or split list, or the manifest's
+    split column) is the user's, and stays a validation split however small."""
+    ds, carved = _splits(synth_root)
+    assert carved.carved
+    folds = {it.path: str(i % 5) for i, it in enumerate(ds.items)}
+    ds = replace(ds, items=[replace(it, fold=folds[it.path]) for it in ds.items])
+    splits = data.make_splits(ds, data.SplitOptions(test_fold="0", valid_fold="1"))
+    assert not splits.carved and len(splits.valid) / len(ds.labels) < 10
+    cfg = TrainConfig(**{**FAST, "epochs": 2}, depth=1, cache_dir=str(tmp_path / "cache"))
+    m = train(ds, splits, cfg, tmp_path / "run", log=lambda *a: None)
+    assert m["keep"] == "last" and m["best_epoch"] is not None
+    assert (tmp_path / "run" / "best.pt").exists()
+    assert data.make_splits(ds, data.SplitOptions(test_fold="0")).carved
 
 
 def test_the_log_counts_the_crops_an_epoch_trained(synth_root, tmp_path):

@@ -29,7 +29,8 @@ TRAIN_HELP = {
     "balance_classes": "draw training crops so every class is equally likely (None: when the "
     "class sizes differ by 1.5x or more)",
     "keep": "which epoch model.pt holds: best on the validation split, last, or auto (best "
-    "where the validation split holds enough clips per class to choose, else last)",
+    "where the validation split holds enough clips per class to choose, else last, with a "
+    "carved validation split that small trained on too)",
     "ema_epochs": "validate and save an EMA of the weights over about this many epochs; 0 = off",
     "teacher": "distil from a model of this preset (e.g. cnn), trained first on the same data "
     "into OUT/teacher",

@@ -60,6 +60,7 @@ class Splits:
     valid: list[Item]
     test: list[Item]
     notes: list[str] = field(default_factory=list)
+    carved: bool = False  # valid was carved from the training rows (no fold, list or column)
 
     def __getitem__(self, name: str) -> list[Item]:
         return getattr(self, name)
@@ -121,6 +122,7 @@ def make_splits(ds: Dataset, opts: SplitOptions) -> Splits:
     if opts.group_pattern:
         items = _apply_group_pattern(items, opts.group_pattern)
     notes: list[str] = []
+    carved = False
     if opts.test_fold is not None:
         folds = {it.fold for it in items}
         for name, fold in (("test", opts.test_fold), ("valid", opts.valid_fold)):
@@ -135,7 +137,7 @@ def make_splits(ds: Dataset, opts: SplitOptions) -> Splits:
             train = [it for it in rest if it.fold != opts.valid_fold]
         else:
             parts = stratified_group_split(rest, {"valid": opts.valid_frac}, opts.seed)
-            train, valid = parts["train"], parts["valid"]
+            train, valid, carved = parts["train"], parts["valid"], True
     elif opts.split_lists is not None:
         train, valid, test, notes = _from_split_lists(items, ds.root, Path(opts.split_lists))
     elif any(it.split for it in items):
@@ -145,12 +147,12 @@ def make_splits(ds: Dataset, opts: SplitOptions) -> Splits:
         train, valid, test = by["train"], by["valid"], by["test"]
         if not valid:
             parts = stratified_group_split(train, {"valid": opts.valid_frac}, opts.seed)
-            train, valid = parts["train"], parts["valid"]
+            train, valid, carved = parts["train"], parts["valid"], True
     else:
         fracs = {"valid": opts.valid_frac, "test": opts.test_frac}
         parts = stratified_group_split(items, fracs, opts.seed)
-        train, valid, test = parts["train"], parts["valid"], parts["test"]
-    splits = Splits(train=train, valid=valid, test=test, notes=notes)
+        train, valid, test, carved = parts["train"], parts["valid"], parts["test"], True
+    splits = Splits(train=train, valid=valid, test=test, notes=notes, carved=carved)
     _check_groups(splits)
     return splits
 

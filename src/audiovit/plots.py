@@ -42,14 +42,18 @@ def confusion_matrix(m: dict, path: str | os.PathLike) -> None:
 
 
 def training_curves(log: list[dict], path: str | os.PathLike) -> None:
-    """Loss and accuracy per epoch, train and validation, from the run's log.jsonl records."""
+    """Loss and accuracy per epoch, train and validation (where the run validated), from the
+    run's log.jsonl records."""
     ep = [r["epoch"] for r in log]
+    valid = [r for r in log if r["valid_loss"] is not None]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
     a1.plot(ep, [r["train_loss"] for r in log], label="train")
-    a1.plot(ep, [r["valid_loss"] for r in log], label="valid")
-    a1.set(xlabel="epoch", ylabel="loss", title="Loss")
     a2.plot(ep, [r["train_acc"] for r in log], label="train (crops, augmented)")
-    a2.plot(ep, [r["valid_acc"] for r in log], label="valid (whole clips)")
+    if valid:
+        a1.plot([r["epoch"] for r in valid], [r["valid_loss"] for r in valid], label="valid")
+        a2.plot([r["epoch"] for r in valid], [r["valid_acc"] for r in valid],
+                label="valid (whole clips)")  # fmt: skip
+    a1.set(xlabel="epoch", ylabel="loss", title="Loss")
     a2.set(xlabel="epoch", ylabel="accuracy", title="Accuracy", ylim=(0, 1.02))
     for a in (a1, a2):
         a.grid(alpha=0.3)

@@ -29,6 +29,8 @@ def kept_weights(m: dict) -> str:
     existed kept the best on validation)."""
     if m.get("keep", "best") == "best":
         return f"best epoch on validation ({m.get('best_epoch')})"
+    if m.get("best_epoch") is None:  # the validation carve trained too (TrainConfig.keep)
+        return f"last epoch ({m.get('epoch')}; no validation split)"
     return f"last epoch ({m.get('epoch')}; best on validation: {m.get('best_epoch')})"
 
 

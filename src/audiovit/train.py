@@ -127,7 +127,8 @@ class TrainConfig:
     # "auto": best when the carve holds MIN_VALID_PER_CLASS clips per class (on average), else
     # last. Last against best over the whole benchmark at 30 / 25 epochs: GTZAN +3.7 / +0.5
     # points (2-3 validation clips per class), UrbanSound8K -2.8 / -1.7 (~21), FSDD level (~27)
-    # (NOTES.md, eleventh session)
+    # (NOTES.md, eleventh session). Where "auto" keeps the last epoch and the carve came from the
+    # training rows (data.Splits.carved), the carve trains too and nothing is validated
     keep: str = "auto"
     # knowledge distillation: first train a model of this preset ("cnn": model.PRESETS) with the
     # same settings into OUT/teacher, then train this one on (1 - distill) × the label loss +
@@ -181,6 +182,10 @@ class Prepared:
     items: list[data.Item] = field(default_factory=list)
     feats: list[np.ndarray] = field(default_factory=list)
     targets: list[int] = field(default_factory=list)
+
+    def __add__(self, other: Prepared) -> Prepared:
+        return Prepared(self.items + other.items, self.feats + other.feats,
+                        self.targets + other.targets)  # fmt: skip
 
 
 def featurise(
@@ -491,9 +496,10 @@ def train(
     """Train on ``splits``, write the run folder ``out`` and return the final metrics.
 
     ``out`` receives model.pt (the best epoch on validation, or the last: ``cfg.keep``),
-    last.pt (for ``resume``), best.pt where the last epoch is kept (the best on validation),
-    log.jsonl, metrics.json (test split, else validation) and the plots; with ``cfg.teacher``,
-    the teacher's own run folder as ``out``/teacher.
+    last.pt (for ``resume``), best.pt where the last epoch is kept (the best on validation;
+    none where ``keep="auto"`` trained on a carve too small to choose an epoch), log.jsonl,
+    metrics.json (test split, else validation) and the plots; with ``cfg.teacher``, the
+    teacher's own run folder as ``out``/teacher.
     """
     out = Path(out)
     resuming = resume and (out / "last.pt").exists()  # last.pt's weights replace --init's
@@ -529,6 +535,11 @@ def train(
             f"class on average ({'at least' if keep == 'best' else 'fewer than'} "
             f"{MIN_VALID_PER_CLASS})"
         )
+        if keep == "last" and splits.carved and prep["test"].feats:
+            log(f"its {len(prep['valid'].feats)} clips, carved from the training data and too "
+                "few to choose an epoch, train too (--keep last keeps them out, for validation "
+                "curves)")  # fmt: skip
+            prep["train"], prep["valid"] = prep["train"] + prep["valid"], Prepared()
     teacher = _train_teacher(ds, splits, cfg, out, resume, device, log) if cfg.teacher else None
     n_frames = crop_frames(cfg, fcfg, prep["train"])
     repeats = crops_per_clip(cfg, prep["train"], n_frames)
@@ -580,16 +591,19 @@ def train(
                 net, opt, batches, cfg, device, amp, state["step"], *schedule, g, ema, teacher
             )
             train_s = time.perf_counter() - t0
-            vm, vloss, _ = validate(clf, prep["valid"], labels, cfg.eval_hop_s)
+            vm, vloss = {"accuracy": None}, None  # no validation split: the carve trains (above)
+            if prep["valid"].feats:
+                vm, vloss, _ = validate(clf, prep["valid"], labels, cfg.eval_hop_s)
             rec = {"epoch": epoch, "train_loss": loss, "train_acc": acc, "valid_loss": vloss,
                    "valid_acc": vm["accuracy"], "lr": opt.param_groups[0]["lr"],
                    "epoch_s": round(time.perf_counter() - t0, 2), "train_s": round(train_s, 3),
                    "clips_per_s": round(batches.n / train_s, 1)}  # fmt: skip
             state["log"].append(rec)
-            score = _validation_score(rec)
-            is_best = state["best"] is None or score > tuple(state["best"])
+            is_best = vloss is not None and (
+                state["best"] is None or _validation_score(rec) > tuple(state["best"])
+            )
             if is_best:
-                state["best"] = list(score)
+                state["best"] = list(_validation_score(rec))
             if main and (is_best or keep == "last"):
                 checkpoint.save_model(
                     out / "model.pt", scored, fcfg, labels, {**meta, "epoch": epoch}
@@ -603,9 +617,10 @@ def train(
                 _save_state(out, model, opt, ema, cfg, labels, state)
                 with open(out / "log.jsonl", "a") as f:  # after the state: a logged epoch is saved
                     f.write(json.dumps(rec) + "\n")
-            log(f"epoch {epoch:3d}  loss {loss:.3f}  acc {acc:.3f}  valid loss {vloss:.3f}  "
-                f"valid acc {vm['accuracy']:.3f}  {rec['clips_per_s']:.0f} clips/s  "
-                f"{rec['epoch_s']:.0f} s"
+            valid = "" if vloss is None else \
+                f"  valid loss {vloss:.3f}  valid acc {vm['accuracy']:.3f}"  # fmt: skip
+            log(f"epoch {epoch:3d}  loss {loss:.3f}  acc {acc:.3f}{valid}  "
+                f"{rec['clips_per_s']:.0f} clips/s  {rec['epoch_s']:.0f} s"
                 f"{'  *' if is_best else ''}")  # fmt: skip
             if interrupted.flag:
                 raise KeyboardInterrupt
@@ -745,7 +760,8 @@ def finish_run(
     clf = Classifier(model, fcfg, labels, device=device, amp=cfg.amp)
     split = "test" if prep["test"].feats else "valid"
     m, _, probs = validate(clf, prep[split], labels, cfg.eval_hop_s)
-    best = max(log_records, key=_validation_score, default={})
+    validated = [r for r in log_records if r["valid_loss"] is not None]
+    best = max(validated, key=_validation_score, default={})
     m = {**m, "split": split, "epoch": saved_meta.get("epoch"), "keep": keep,
          "best_epoch": best.get("epoch")}  # fmt: skip
     if not distributed.is_main():
