@@ -15,9 +15,10 @@ Protocols (the datasets' manifests in ../shared/data encode them; see its README
 Each fold trains with ``audiovit.train`` and ``TrainConfig()`` as a new user gets it (validation
 is carved from the training folds, group-aware), and scores its model.pt on the held-out fold:
 the epoch ``keep="auto"`` (the default) chose — the best on validation where the validation carve
-holds enough clips per class, else the last. The other rule's weights (last.pt or best.pt) are
-scored on the same fold too ("best on validation" and "last epoch" columns): the same run under
-both rules, so the two compare without seed noise. Next to every
+holds enough clips per class, else the last, the carve then training too (GTZAN). The other
+rule's weights (last.pt or best.pt) are scored on the same fold too ("best on validation" and
+"last epoch" columns): the same run under both rules, so the two compare without seed noise;
+a fold whose carve trained has no best on validation ("—"). Next to every
 ViT row sits a classical reference measured on the same splits and
 the same log-mels: MFCC statistics (20 coefficients and their deltas, mean and standard
 deviation) → standardisation → an RBF SVM (scikit-learn, a benchmark-only dependency), trained

@@ -386,7 +386,7 @@ def render(r: dict) -> str:
                      f"{row['gflop_per_s'] / peak:.0%} | {first} |")  # fmt: skip
     tut = t["rows"]["tutorial ViT-Base, 480×480, fp32"]["clips_per_s"]
     best = max(v["clips_per_s"] for k, v in t["rows"].items() if k.startswith("tiny"))
-    crops = 5  # TrainConfig's crops of each 30 s clip per epoch
+    crops = DEFAULTS.max_crops_per_clip  # the crops of each 30 s clip per epoch
     lines += ["", f"A GTZAN-sized epoch (1000 clips × 30 s): tutorial {1000 / tut / 3600:.1f} h "
               f"(one 480×480 image per clip); audiovit tiny {1000 * crops / best / 60:.1f} min "
               f"({crops} random 3 s crops per clip) — "
@@ -430,8 +430,9 @@ def render_gpu(r: dict) -> str:
         lines.append(f"| {name} | {row['clips_per_s']:.0f} | {row['gflop_per_s'] / 1e3:.1f} | "
                      f"{row['gflop_per_s'] / peak:.0%} |")  # fmt: skip
     best = max(v["clips_per_s"] for k, v in t["rows"].items() if k.startswith("tiny"))
-    lines += ["", f"A GTZAN-sized epoch (1000 clips × 5 random 3 s crops), tiny: "
-              f"{5000 / best:.1f} s of model time."]  # fmt: skip
+    crops = DEFAULTS.max_crops_per_clip
+    lines += ["", f"A GTZAN-sized epoch (1000 clips × {crops} random 3 s crops), tiny: "
+              f"{1000 * crops / best:.1f} s of model time."]  # fmt: skip
     p = r["prediction"]
     lines += ["", f"## Prediction (decode on the CPU, log-mel and ViT on the GPU, {p['hop']})",
               "", f"| preset | one 30 s file (ms) | {p['files']} × 30 s files (s) | hours of "

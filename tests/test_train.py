@@ -142,9 +142,9 @@ def test_long_clips_get_up_to_max_crops_per_clip_crops_per_epoch():
         return Prepared(feats=[np.zeros((8, frames), np.float16)] * 3, targets=[0, 1, 0])
 
     cfg = TrainConfig()
-    assert cfg.max_crops_per_clip == 5
-    assert crops_per_clip(cfg, prep(3000), 300) == 5  # 30 s clip, 3 s crops: capped
-    assert crops_per_clip(replace(cfg, max_crops_per_clip=4), prep(3000), 300) == 4
+    assert cfg.max_crops_per_clip == 4
+    assert crops_per_clip(cfg, prep(3000), 300) == 4  # 30 s clip, 3 s crops: capped
+    assert crops_per_clip(replace(cfg, max_crops_per_clip=5), prep(3000), 300) == 5
     assert crops_per_clip(cfg, prep(700), 300) == 2  # 7 s: about two crops' worth
     assert crops_per_clip(cfg, prep(100), 300) == 1
     assert crops_per_clip(replace(cfg, crops_per_clip=7), prep(3000), 300) == 7  # set outright
@@ -241,6 +241,9 @@ def test_auto_keeps_the_last_epoch_unless_validation_holds_enough_clips_per_clas
         assert n["test"] == len(splits.test) == m["n"]
         report = (tmp_path / rule / "report.html").read_text()
         assert ("no validation split" in report) == (rule == "last")
+    m = train(ds, splits, replace(cfg, train_on_carve=False), tmp_path / "out", log=print)
+    assert m["keep"] == "last" and m["best_epoch"] is not None  # the carve validated, as before
+    assert (tmp_path / "out" / "best.pt").exists()
     assert train_module.keep_rule("best", 0, 10) == "best"  # a rule named is the rule kept
     assert train_module.keep_rule("last", 10**6, 10) == "last"
 

@@ -16,7 +16,7 @@ TRAIN_HELP = {
     "preset": "model size: tiny, small or base; cnn: the conv stem alone (no transformer layer)",
     "depth": "transformer layers, overriding the preset's 12",
     "fmax": "Hz, top of the highest mel band; unset: half the sample rate",
-    "epochs": "passes over the training clips (1-5 random crops of each per pass, by clip length)",
+    "epochs": "passes over the training clips (1-4 random crops of each per pass, by clip length)",
     "lr": "peak AdamW learning rate",
     "crop_s": "training window in seconds (default: min(max-crop-s, median clip length))",
     "crops_per_clip": "crops of each clip per epoch (default: enough to cover the median clip, "
@@ -31,6 +31,8 @@ TRAIN_HELP = {
     "keep": "which epoch model.pt holds: best on the validation split, last, or auto (best "
     "where the validation split holds enough clips per class to choose, else last, with a "
     "carved validation split that small trained on too)",
+    "train_on_carve": "with --keep auto keeping the last epoch, train on a validation split "
+    "carved from the training data too (it chooses nothing); off: validate on it each epoch",
     "ema_epochs": "validate and save an EMA of the weights over about this many epochs; 0 = off",
     "teacher": "distil from a model of this preset (e.g. cnn), trained first on the same data "
     "into OUT/teacher",
