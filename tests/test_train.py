@@ -221,7 +221,8 @@ def test_auto_keeps_the_last_epoch_unless_validation_holds_enough_clips_per_clas
     assert 1 <= per_class < train_module.MIN_VALID_PER_CLASS  # the synthetic carve is small
     cfg = TrainConfig(**{**FAST, "epochs": 2}, depth=1, cache_dir=str(tmp_path / "cache"))
     assert cfg.keep == "auto"
-    for threshold, rule in ((train_module.MIN_VALID_PER_CLASS, "last"), (1, "best")):
+    # the real threshold last, so that it is in force for the train_on_carve=False run below
+    for threshold, rule in ((1, "best"), (train_module.MIN_VALID_PER_CLASS, "last")):
         monkeypatch.setattr(train_module, "MIN_VALID_PER_CLASS", threshold)
         logs = []
         m = train(ds, splits, cfg, tmp_path / rule, log=logs.append)
@@ -271,8 +272,12 @@ def test_the_log_counts_the_crops_an_epoch_trained(synth_root, tmp_path):
     train(ds, splits, cfg, tmp_path / "run", log=lambda *a: None)
     rec = json.loads((tmp_path / "run" / "log.jsonl").read_text())
     crops = rec["clips_per_s"] * rec["train_s"]  # one crop per clip: windows as long as clips
-    assert len(splits.train) < cfg.batch_size  # one batch, part full
-    assert crops == pytest.approx(len(splits.train), rel=0.05)
+    # the clips trained on: the training split, and the small validation carve where it trains too
+    counts = checkpoint.load_model(tmp_path / "run" / "model.pt")[3]["data"]["counts"]
+    n_train = sum(counts["train"].values())
+    assert n_train == len(splits.train) + (len(splits.valid) if cfg.train_on_carve else 0)
+    assert n_train < cfg.batch_size  # one batch, part full
+    assert crops == pytest.approx(n_train, rel=0.05)
 
 
 def test_resume_ignores_where_features_live_but_not_a_changed_setting(tmp_path):
