@@ -36,7 +36,7 @@ from accuracy import (
 )
 
 from audiovit.features import default_cache_dir
-from audiovit.train import TrainConfig
+from audiovit.train import BEFORE_FIELD, TrainConfig
 
 RESULTS = ROOT / "benchmarks" / "results"
 # what a row keeps of run_protocol's result (last_accuracy: runs since the seventh session;
@@ -77,8 +77,10 @@ def short_hardware(hw: str | None) -> str:
 
 
 def settings_change(settings: dict) -> str:
-    """The settings of a run that differ from today's defaults, as FIELD=VALUE, ... ('' if none)."""
+    """The settings of a run that differ from today's defaults, as FIELD=VALUE, ... ('' if none);
+    a field the run's settings lack had its value from before the field existed (BEFORE_FIELD)."""
     today = asdict(TrainConfig())
+    settings = {**BEFORE_FIELD, **settings}
     return ", ".join(f"{k}={v}" for k, v in settings.items() if k in today and today[k] != v)
 
 

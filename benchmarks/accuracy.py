@@ -31,8 +31,9 @@ left takes the idle worker's thread. One fold at a time took 105.5 min for every
 that machine (tenth session); two at once took 106.5 min in the fourteenth session, on an
 evening when the machine timed 1.07-1.39x slower (NOTES.md).
 
-Results are merged into benchmarks/results/accuracy.{json,md} by protocol and hardware, so a
-protocol run alone updates its own rows; the run folders (models, reports) go to runs/accuracy.
+Results are merged into benchmarks/results/accuracy.{json,md} by protocol and device (cpu,
+cuda), and by preset and epochs where they are not the defaults, so a protocol run alone updates
+its own rows, and a run at today's defaults replaces the rows of the last one on that device; the run folders (models, reports) go to runs/accuracy.
 """
 
 from __future__ import annotations
@@ -537,7 +538,7 @@ def write_results(rows: dict) -> None:
             lines.append(
                 f"| {r['protocol']} ({r['device']}, {_model(r)}) | {f['fold']} | {f['accuracy']:.3f} | "
                 f"{f['balanced_accuracy']:.3f} | {f['macro_f1']:.3f} | {f['n']} | "
-                f"{f['baseline_accuracy']:.3f} | {kept_cell(f)} | {f['best_epoch']} | "
+                f"{f['baseline_accuracy']:.3f} | {kept_cell(f)} | {f['best_epoch'] or '—'} | "
                 f"{rule_cell(f, 'best')} | {rule_cell(f, 'last')} | "
                 f"{f['train_s'] / 60:.1f} min |"
             )
