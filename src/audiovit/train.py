@@ -111,9 +111,9 @@ class TrainConfig:
     # crops of each clip per epoch; None: enough to cover the median clip, up to the cap below
     crops_per_clip: int | None = None
     # the cap: 30 s clips get 4 random 3 s crops per epoch, a fifth fewer steps than 5 (for the
-    # benchmark's 90-minute budget). Over GTZAN's three folds, one run each: 4 crops 0.528 and 5
-    # crops 0.552 with the carve held out (Intel Xeon); 4 crops with the carve trained on too
-    # 0.547 and 5 crops held out ... on the AMD EPYC (NOTES.md, sixteenth session)
+    # benchmark's 90-minute budget). Over GTZAN's three folds, one run each with the carve held
+    # out (Intel Xeon, fp32): 4 crops 0.528, 5 crops 0.552, inside the seed noise (NOTES.md,
+    # "The budget"; the whole benchmark at these defaults: "Seventeenth session")
     max_crops_per_clip: int = 4
     freq_mask: float = 0.1  # SpecAugment: max width of each frequency mask, fraction of the bins
     time_mask: float = 0.1  # SpecAugment: max width of each time mask, fraction of the crop
