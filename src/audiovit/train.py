@@ -113,7 +113,7 @@ class TrainConfig:
     # the cap: 30 s clips get 4 random 3 s crops per epoch, a fifth fewer steps than 5 (for the
     # benchmark's 90-minute budget). Over GTZAN's three folds, one run each with the carve held
     # out (Intel Xeon, fp32): 4 crops 0.528, 5 crops 0.552, inside the seed noise (NOTES.md,
-    # "The budget"; the whole benchmark at these defaults: "Seventeenth session")
+    # "The budget"; the whole benchmark at these defaults: "The whole benchmark at today's ...")
     max_crops_per_clip: int = 4
     freq_mask: float = 0.1  # SpecAugment: max width of each frequency mask, fraction of the bins
     time_mask: float = 0.1  # SpecAugment: max width of each time mask, fraction of the crop
