@@ -52,6 +52,10 @@ def test_stream_equals_whole_file_and_is_bounded(tmp_path):
     assert len(blocks) > 5 and max(map(len, blocks)) <= 0.7 * 16000 * 1.1
     whole = np.concatenate(blocks)
     assert abs(len(whole) - 80000) <= 2
+    # a file that fits in one block is resampled in one call: the same samples as the stream
+    (one,) = audio.stream(path, sr=16000, block_s=10.0)
+    assert len(one) == len(whole)
+    np.testing.assert_allclose(one, whole, atol=1e-6)
 
 
 def test_six_channels_are_averaged(tmp_path):
