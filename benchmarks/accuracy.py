@@ -29,11 +29,13 @@ on the 2-core Xeon two one-thread processes train 11-41 % more clips per second 
 two-thread process (NOTES.md, "The budget"). The costliest folds start first, and the last fold
 left takes the idle worker's thread. One fold at a time took 105.5 min for every protocol on
 that machine (tenth session); two at once took 106.5 min in the fourteenth session, on an
-evening when the machine timed 1.07-1.39x slower (NOTES.md).
+evening when the machine timed 1.07-1.39x slower, and 57.1 min at today's defaults on a 2-core
+Xeon with AMX, in bf16 (seventeenth session; NOTES.md).
 
 Results are merged into benchmarks/results/accuracy.{json,md} by protocol and device (cpu,
-cuda), and by preset and epochs where they are not the defaults, so a protocol run alone updates
-its own rows, and a run at today's defaults replaces the rows of the last one on that device; the run folders (models, reports) go to runs/accuracy.
+cuda), and by preset and epochs where they are not the defaults: a protocol run alone updates
+its own rows, and a run at today's defaults replaces the last one's rows on that device. The
+run folders (models, reports) go to runs/accuracy.
 """
 
 from __future__ import annotations
