@@ -8,6 +8,7 @@ soxr's. Every failure is an :class:`AudioError` whose message is one line naming
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import subprocess
@@ -134,8 +135,8 @@ def stream(
 ) -> Iterator[np.ndarray]:
     """Yield successive blocks of a file as mono float32 (S_block,) at ``sr`` Hz.
 
-    Memory stays bounded by two blocks of ``block_s`` (one is read ahead) whatever the file's
-    length. Raises :class:`AudioError`.
+    Memory stays bounded by two blocks of ``block_s`` (the first two are read together)
+    whatever the file's length. Raises :class:`AudioError`.
     """
     path = Path(path)
     check_file(path)
@@ -154,13 +155,12 @@ def stream(
     resampler, n_out = None, 0
     try:
         blocks = iter(blocks)
-        ahead = next(blocks, None)  # one block read ahead: is the current one the last?
-        while ahead is not None:
-            (data, sr_in), ahead = ahead, next(blocks, None)
+        head = list(itertools.islice(blocks, 2))  # is the whole file one block?
+        # then soxr's one-shot call gives the stream's samples, ~15 % sooner on a 30 s file
+        one_shot = len(head) == 1
+        for data, sr_in in itertools.chain(head, blocks):
             x = to_mono(data)
-            if sr_in != sr and resampler is None and ahead is None:
-                # the whole file in one block: soxr's one-shot call gives the stream's samples,
-                # ~15 % sooner on a 30 s file
+            if sr_in != sr and one_shot:
                 x = soxr.resample(x, sr_in, sr, quality="HQ")
             elif sr_in != sr:
                 if resampler is None:
