@@ -21,26 +21,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
 from accuracy import (
     PROTOCOLS,
-    ROOT,
     FoldsFailed,
     default_workers,
     kept_cell,
     rule_cell,
     run_protocol,
 )
-
 from audiovit.features import default_cache_dir
-from audiovit.train import BEFORE_FIELD, TrainConfig
+from audiovit.loop import BEFORE_FIELD
+from audiovit.train import TrainConfig
+from common import RESULTS, ROOT
 
-RESULTS = ROOT / "benchmarks" / "results"
-# what a row keeps of run_protocol's result (last_accuracy: runs since the seventh session;
-# best_accuracy: since the eleventh, before which accuracy was the best epoch's)
+# what a row keeps of run_protocol's result (older rows may lack last_accuracy and
+# best_accuracy: their accuracy is then the best epoch's on validation)
 ROW_FIELDS = ("protocol", "accuracy", "balanced_accuracy", "macro_f1", "n", "baseline_accuracy",
               "best_accuracy", "last_accuracy", "train_s", "hardware", "workers", "date",
               "folds")  # fmt: skip
@@ -60,8 +60,8 @@ def row_key(row: dict) -> str:
 
 def load_rows(path: Path) -> dict:
     """ablations.json's rows, keyed by row_key (files written before the hardware joined the
-    key are re-keyed, and rows from before the thirteenth session lose the ``device=cuda`` their
-    change was labelled with: the hardware column names the device)."""
+    key are re-keyed, and rows whose change was labelled ``device=cuda`` lose that label: the
+    hardware column names the device)."""
     rows = json.loads(path.read_text()) if path.exists() else {}
     for r in rows.values():
         parts = [c for c in r["change"].split(", ") if not c.startswith("device=")]
@@ -192,10 +192,10 @@ def write_results(rows: dict) -> None:
              "today's defaults: rows run while the linear patch embedding was the default carry "
              "`stem=patch` (those without a change were the benchmark's own rows then); the "
              "'defaults before this change set' rows ran before class balancing became automatic "
-             "(benchmarks/NOTES.md). Kept: the epoch whose weights the accuracy is of (before "
-             "the eleventh session always the best on validation). Best on validation, last "
-             "epoch: the same run scored with each rule's weights (the last epoch measured "
-             "since the seventh session). Compare rows on the same hardware: the AMD EPYC trains in bf16 autocast, "
+             "(benchmarks/NOTES.md, \"Class-balanced sampling and weight averaging\"). Kept: the "
+             "epoch whose weights the accuracy is of (rows without a rule: the best on "
+             "validation). Best on validation, last epoch: the same run scored with each "
+             "rule's weights (a dash: not measured in that run). Compare rows on the same hardware: the AMD EPYC trains in bf16 autocast, "
              "the Intel Xeon (no AVX-512 BF16) in fp32, so one seed lands on different models.",
              "", "| protocol | folds | change | accuracy | balanced acc. | macro-F1 | test clips | "
              "kept | best on validation | last epoch | train time | hardware |",
@@ -265,8 +265,10 @@ def main(argv=None) -> int:
     cfg = replace(TrainConfig(cache_dir=str(args.cache_dir or default_cache_dir())), **change)
     # the device is named by the row's hardware column, not as a change of recipe
     label = ", ".join(f"{k}={v}" for k, v in change.items() if k != "device") or "defaults"
-    run_args = argparse.Namespace(data=args.data, resume=False,
-                                  runs=ROOT / "runs" / "ablations" / label.replace(" ", ""))  # fmt: skip
+    folder = re.sub(r"[^\w=,.-]+", "_", label)  # an --init path's slashes
+    run_args = argparse.Namespace(
+        data=args.data, resume=False, runs=ROOT / "runs" / "ablations" / folder
+    )
     workers = args.workers or default_workers(cfg.device)
     try:
         row = run_protocol(args.protocol, run_args, cfg, only=args.folds, workers=workers)

@@ -26,11 +26,9 @@ on train + valid since it needs no early stopping.
 
 On a CPU two folds train at once by default, each in its own process with half the threads:
 on the 2-core Xeon two one-thread processes train 11-41 % more clips per second than one
-two-thread process (NOTES.md, "The budget"). The costliest folds start first, and the last fold
-left takes the idle worker's thread. One fold at a time took 105.5 min for every protocol on
-that machine (tenth session); two at once took 106.5 min in the fourteenth session, on an
-evening when the machine timed 1.07-1.39x slower, and 57.1 min at today's defaults on a 2-core
-Xeon with AMX, in bf16 (seventeenth session; NOTES.md).
+two-thread process (NOTES.md, "Throughput and the budget"). The costliest folds start first, and
+the last fold left takes the idle worker's thread. What whole runs cost on each machine:
+NOTES.md, "Whole runs of the benchmark".
 
 Results are merged into benchmarks/results/accuracy.{json,md} by protocol and device (cpu,
 cuda), and by preset and epochs where they are not the defaults: a protocol run alone updates
@@ -45,7 +43,7 @@ import csv
 import json
 import multiprocessing
 import os
-import platform
+import re
 import shutil
 import statistics
 import sys
@@ -59,13 +57,13 @@ import numpy as np
 import torch
 
 from audiovit import checkpoint, data, evaluate
-from audiovit.features import FeatureCache, FeatureConfig, LogMel, default_cache_dir
+from audiovit.device import resolve_device
+from audiovit.features import FeatureCache, LogMel, default_cache_dir
 from audiovit.inference import Classifier
-from audiovit.model import resolve_device
-from audiovit.train import BEFORE_FIELD, MIN_VALID_PER_CLASS, TrainConfig, train
-
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
+from audiovit.loop import BEFORE_FIELD
+from audiovit.pretrained import start_settings
+from audiovit.train import MIN_VALID_PER_CLASS, TrainConfig, train
+from common import RESULTS, ROOT, hardware
 
 
 @dataclass(frozen=True)
@@ -76,8 +74,8 @@ class Protocol:
     folds: str  # "split" (the manifest's split column), "all" (each fold tested once), or one fold
     headline: str  # "single", "mean" over folds, or "pooled" over every test prediction
     target: float
-    # seconds of training per training clip of a fold at the defaults on the 2-core Intel Xeon
-    # (tenth session): only orders the folds when several train at once, longest first
+    # seconds of training per training clip of a fold at the defaults on the 2-core fp32 Intel
+    # Xeon: only orders the folds when several train at once, longest first
     clip_s: float
     group_pattern: str | None = None  # file-name regex for groups the manifest does not name
 
@@ -93,26 +91,6 @@ PROTOCOLS = {
                      "urbansound8k/manifest.csv", "10", "single", 0.78, clip_s=0.74,
                      group_pattern=r"^(\d+)-"),  # slices of one recording (fsID) stay together
 }  # fmt: skip
-
-
-def hardware(device: torch.device, workers: int = 1) -> str:
-    """The device, and on a CPU how its threads were used: 'CPU, 2 threads', or 'CPU, 2 folds
-    at once, 1 thread each'."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or "CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    threads = torch.get_num_threads()
-    if workers > 1:
-        per = max(1, threads // workers)
-        return f"{cpu}, {workers} folds at once, {per} thread{'s' if per > 1 else ''} each"
-    return f"{cpu}, {threads} threads"
 
 
 def fold_splits(ds: data.Dataset, proto: Protocol) -> list[tuple[str, data.Splits]]:
@@ -226,9 +204,7 @@ def run_fold(job: Job, cfg: TrainConfig, resume: bool, tag: str = "",
     (folds trained side by side print into one stream); ``on_log()`` runs after each line it
     prints, at the start, after every epoch and before the scoring."""
     labels, splits, run = job.ds.labels, job.splits, job.run
-    cache = FeatureCache(
-        cfg.cache_dir, LogMel(FeatureConfig(sr=cfg.sr, n_mels=cfg.n_mels, fmax=cfg.fmax))
-    )
+    cache = FeatureCache(cfg.cache_dir, LogMel(cfg.feature_config()))
     if run.exists() and not resume:
         shutil.rmtree(run)
     started = time.time()
@@ -356,7 +332,7 @@ def _worker_run_fold(job: Job, cfg: TrainConfig, resume: bool, tag: str) -> dict
 
 def default_workers(device: str) -> int:
     """Folds trained at once: two on a CPU with two or more threads (the gain is in the module
-    docstring and NOTES.md, "The budget"), one on a GPU."""
+    docstring and NOTES.md, "Throughput and the budget"), one on a GPU."""
     return 2 if resolve_device(device).type == "cpu" and torch.get_num_threads() >= 2 else 1
 
 
@@ -444,10 +420,12 @@ def run_protocol(name: str, args, cfg: TrainConfig, only: list[str] | None = Non
 
 
 def row_key(row: dict) -> str:
-    """A row's key in accuracy.json: protocol@device, then the preset and epochs where they are
-    not today's defaults (",epochs=25"), so other schedules and sizes sit beside the defaults."""
+    """A row's key in accuracy.json: protocol@device, then the preset, epochs and start where
+    they are not today's defaults (",epochs=25"), so other schedules, sizes and starts sit beside
+    the defaults."""
     d, s = TrainConfig(), row["settings"]
-    variant = "".join(f",{k}={s[k]}" for k in ("preset", "epochs") if s[k] != getattr(d, k))
+    keys = ("preset", "epochs", "init")
+    variant = "".join(f",{k}={s[k]}" for k in keys if s.get(k, getattr(d, k)) != getattr(d, k))
     return f"{row['protocol']}@{row['device']}{variant}"
 
 
@@ -485,8 +463,8 @@ def kept_cell(row: dict) -> str:
 
 def rule_cell(row: dict, rule: str) -> str:
     """The accuracy of the ``rule`` epoch's weights ("best" on validation or "last"): measured
-    on both since the eleventh session; before, only the kept rule's (accuracy), and from before
-    the seventh session no last-epoch score."""
+    on both in current rows; older rows hold only the kept rule's (accuracy), the oldest no
+    last-epoch score."""
     v = row.get(f"{rule}_accuracy", row["accuracy"] if kept_rules(row) == {rule} else None)
     return "—" if v is None else f"{v:.3f}"
 
@@ -581,6 +559,13 @@ def main(argv=None) -> int:
     )
     p.add_argument("--epochs", type=int, default=None, help="a longer or shorter schedule")
     p.add_argument(
+        "--init",
+        default=None,
+        metavar="MODEL",
+        help="start every fold from this audiovit model file (never one that saw a protocol's "
+        "test clips); its rows are kept beside the defaults', named by the file",
+    )
+    p.add_argument(
         "--workers",
         type=int,
         default=None,
@@ -601,11 +586,12 @@ def main(argv=None) -> int:
     if unknown:
         p.error(f"unknown protocol(s) {', '.join(unknown)}; choose from {', '.join(PROTOCOLS)}")
     cfg = TrainConfig(device=args.device, cache_dir=str(args.cache_dir or default_cache_dir()))
-    changed = {k: v for k, v in (("preset", args.preset), ("epochs", args.epochs)) if v is not None}
-    cfg = replace(cfg, **changed)
+    given = (("preset", args.preset), ("epochs", args.epochs), ("init", args.init))
+    changed = {k: v for k, v in given if v is not None}
+    cfg = replace(cfg, **(start_settings(args.init) if args.init else {}), **changed)
     variant = "".join(f",{k}={v}" for k, v in changed.items())
     if variant:
-        args.runs = args.runs / variant[1:]
+        args.runs = args.runs / re.sub(r"[^\w=,.-]+", "_", variant[1:])  # an --init path's slashes
     path = RESULTS / "accuracy.json"
     rows = json.loads(path.read_text()) if path.exists() else {}
     if args.merge:

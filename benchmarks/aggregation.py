@@ -24,14 +24,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from accuracy import hardware
 
 from audiovit import checkpoint
 from audiovit.features import FeatureCache, default_cache_dir
 from audiovit.inference import frame_windows, load_model
+from common import RESULTS, ROOT, hardware
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
 RULES = {
     "mean of probabilities": lambda p: p.mean(0),
     "mean of log-probabilities": lambda p: p.clamp_min(1e-9).log().mean(0),

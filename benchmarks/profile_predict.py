@@ -1,4 +1,4 @@
-"""Where the time of classifying one 30 s file goes (the profile behind NOTES.md's speed section).
+"""Where the time of classifying one 30 s file goes (the profile behind NOTES.md, "Speed: the targets and the profiles").
 
     python benchmarks/profile_predict.py
 
@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from audiovit import checkpoint
-from audiovit.features import FeatureConfig, file_log_mel
+from audiovit.features import file_log_mel
 from audiovit.inference import frame_windows, load_model
-from audiovit.model import ModelConfig, ViT
+from audiovit.model import ViT
 from audiovit.train import TrainConfig
 
 
@@ -52,9 +52,9 @@ def main() -> None:
     wav = tmp / "clip.wav"
     x = np.random.default_rng(0).standard_normal(22050 * 30).astype(np.float32) * 0.1
     sf.write(wav, x, 22050)
-    fcfg = FeatureConfig(n_mels=64)
-    model = ViT(ModelConfig.from_preset("tiny", n_classes=10, n_mels=64, n_frames=304,
-                                        stem=TrainConfig().stem))  # fmt: skip
+    cfg = TrainConfig()
+    fcfg = cfg.feature_config()
+    model = ViT(cfg.model_config(n_classes=10, n_frames=304))
     checkpoint.save_model(tmp / "model.pt", model, fcfg, [str(i) for i in range(10)])
     clf = load_model(tmp / "model.pt", device="cpu")
     bf16 = clf.amp

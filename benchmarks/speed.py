@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -35,13 +34,14 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from audiovit import audio, checkpoint
+from audiovit.device import autocast_dtype
 from audiovit.export import export_onnx, load_onnx
 from audiovit.features import FeatureCache, FeatureConfig, LogMel, file_log_mel
 from audiovit.inference import load_model
-from audiovit.model import PRESETS, ModelConfig, ViT, autocast_dtype
+from audiovit.model import PRESETS, ModelConfig, ViT
 from audiovit.train import TrainConfig
+from common import RESULTS, cpu_model
 
-RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULTS = TrainConfig()  # what a new user trains: its mel bands and 3 s crops
 CROP = 304  # frames in a 3 s window at hop 10 ms, rounded to whole patches (as training does)
 CPU = torch.device("cpu")
@@ -120,7 +120,7 @@ def reference_routes(clips: list[Path], waves: list[np.ndarray], cfg: FeatureCon
 
 
 def bench_features(clips: list[Path], repeats: int, device: torch.device = CPU) -> dict:
-    cfg = FeatureConfig(n_mels=DEFAULTS.n_mels)
+    cfg = DEFAULTS.feature_config()
     lm = LogMel(cfg).to(device)
     seconds = sum(sf.info(str(p)).duration for p in clips)
     waves = [audio.load(p, sr=cfg.sr) for p in clips]
@@ -226,7 +226,7 @@ def bench_prediction(tmp: Path, clips: list[Path], repeats: int, quick: bool) ->
     mcfg = ModelConfig.from_preset(
         "tiny", n_classes=10, n_mels=DEFAULTS.n_mels, n_frames=CROP, stem=DEFAULTS.stem
     )
-    fcfg = FeatureConfig(n_mels=DEFAULTS.n_mels)
+    fcfg = DEFAULTS.feature_config()
     checkpoint.save_model(tmp / "model.pt", ViT(mcfg), fcfg, [str(i) for i in range(10)])
     export_onnx(tmp / "model.pt", tmp / "model.onnx")
     clip = clips[0]
@@ -284,7 +284,7 @@ def bench_prediction_gpu(tmp: Path, clips: list[Path], repeats: int, device) -> 
     """On a GPU, per preset: one 30 s file's latency, and the in-process rate over the folder
     (decode on the CPU, log-mel and ViT on the GPU, bf16 autocast, start-up excluded)."""
     seconds = sum(sf.info(str(p)).duration for p in clips)
-    fcfg = FeatureConfig(n_mels=DEFAULTS.n_mels)
+    fcfg = DEFAULTS.feature_config()
     rows = {}
     for preset in PRESETS:
         mcfg = ModelConfig.from_preset(
@@ -326,7 +326,7 @@ def main() -> None:
             wave = np.random.default_rng(i).standard_normal(22050 * 30).astype(np.float32) * 0.1
             sf.write(clips[-1], wave, 22050)
         res = {
-            "date": str(date.today()), "cpu_model": _cpu_model(),
+            "date": str(date.today()), "cpu_model": cpu_model(),
             "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
             "command": "python benchmarks/speed.py" + (" --quick" if args.quick else "")
             + (f" --device {args.device}" if device.type != "cpu" else ""),
@@ -344,14 +344,6 @@ def main() -> None:
     (RESULTS / f"{name}.json").write_text(json.dumps(res, indent=2) + "\n")
     (RESULTS / f"{name}.md").write_text(text)
     print(text)
-
-
-def _cpu_model() -> str:
-    path = Path("/proc/cpuinfo")
-    for line in path.read_text().splitlines() if path.exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.machine()
 
 
 def render(r: dict) -> str:

@@ -26,9 +26,10 @@ OUT=${OUT:-/tmp/sweep_out}; mkdir -p $OUT
 CACHE=/tmp/avcache_sweep; DATA=$(realpath ${DATA:-.gpudata}); REPO=$PWD
 $PY - <<PYEOF
 import time, csv
-from audiovit.features import FeatureCache, LogMel, FeatureConfig
+from audiovit.features import FeatureCache, LogMel
+from audiovit.train import TrainConfig
 t=time.time(); rows=list(csv.DictReader(open("$DATA/fsdd/manifest.csv")))
-c=FeatureCache("$CACHE", LogMel(FeatureConfig(sr=16000, n_mels=64)))
+c=FeatureCache("$CACHE", LogMel(TrainConfig().feature_config()))
 import torch; torch.set_num_threads(8)
 n=sum(1 for _ in c.get_many(["$DATA/fsdd/"+r["path"] for r in rows], workers=8))
 print(f"cache: {n} files in {time.time()-t:.0f} s", flush=True)

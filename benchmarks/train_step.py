@@ -9,8 +9,8 @@ kernel and with its per-tensor loop, on random crops of a given length.
 Prints the median milliseconds per step of each; amp follows the hardware as training does
 (``--fp32`` turns it off, to see what autocast buys at each crop length).
 ``--side-by-side`` also runs the fused step in this many processes at once, each with one
-thread, and prints their clips/s together against this process's own (the budget's question in
-NOTES.md: would two folds trained at once finish sooner than one after the other?).
+thread, and prints their clips/s together against this process's own (NOTES.md, "Throughput and
+the budget": would two folds trained at once finish sooner than one after the other?).
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from audiovit.model import ModelConfig, ViT, autocast_dtype
+from audiovit.device import autocast_dtype
+from audiovit.model import ModelConfig, ViT
 
 
 def step_ms(frames: int, fused: bool, repeats: int, batch: int = 32, fp32: bool = False) -> float:

@@ -8,17 +8,14 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from audiovit import data, synth
 from audiovit.train import TrainConfig, train
+from helpers import FAST
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-# A configuration small enough to train in seconds: the default recipe on short crops.
-FAST = dict(epochs=12, n_mels=32, max_crop_s=0.5, batch_size=16, warmup_epochs=1.0, amp=False)
 
 
 @pytest.fixture(autouse=True)
@@ -49,11 +46,6 @@ def trained(tmp_path_factory, synth_root) -> Path:
     splits = data.make_splits(ds, data.SplitOptions(seed=0, valid_frac=0.15, test_frac=0.15))
     train(ds, splits, TrainConfig(**FAST, cache_dir=str(out / "cache")), out, log=lambda *a: None)
     return out
-
-
-def sine(seconds: float, sr: int = 16000, hz: float = 440.0) -> np.ndarray:
-    t = np.arange(int(seconds * sr)) / sr
-    return (0.3 * np.sin(2 * np.pi * hz * t)).astype(np.float32)
 
 
 def _free_port() -> int:

@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 
 from audiovit import audio
-from conftest import sine
+from helpers import sine
 
 FORMATS = [  # (suffix, format, subtype, sample rate)
     (".wav", "WAV", "PCM_U8", 8000),

@@ -3,21 +3,18 @@ column of the epoch a run did not keep scores the same pipeline as the run's own
 
 import argparse
 import csv
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-librosa = pytest.importorskip("librosa")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import accuracy  # noqa: E402
-from accuracy import mfcc_stats  # noqa: E402
+import accuracy  # benchmarks/ is on the path (pyproject's pytest pythonpath)
+from accuracy import mfcc_stats
+from audiovit import checkpoint
+from audiovit.train import TrainConfig
+from helpers import FAST
 
-from audiovit import checkpoint  # noqa: E402
-from audiovit.train import TrainConfig  # noqa: E402
-from conftest import FAST  # noqa: E402
+librosa = pytest.importorskip("librosa")
 
 
 @pytest.mark.parametrize("frames", [2, 3, 8, 9, 301])
@@ -56,9 +53,7 @@ def test_the_other_rule_column_scores_its_weights_like_the_run_scores_its_model(
     row = accuracy.run_protocol("synth", args, cfg)
     assert [f["fold"] for f in row["folds"]] == ["0", "1"]
     ds = accuracy.data.load_dataset(tmp_path / "manifest.csv")
-    cache = accuracy.FeatureCache(
-        cfg.cache_dir, accuracy.LogMel(accuracy.FeatureConfig(sr=cfg.sr, n_mels=cfg.n_mels))
-    )
+    cache = accuracy.FeatureCache(cfg.cache_dir, accuracy.LogMel(cfg.feature_config()))
     if keep == "auto":  # the folds' carves are too small to choose an epoch: they train too
         for f, (fold, splits) in zip(row["folds"], accuracy.fold_splits(ds, proto), strict=True):
             assert f["keep"] == "last" and f["best_epoch"] is None

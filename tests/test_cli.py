@@ -3,35 +3,12 @@
 import csv
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import FAST, sine
-
-
-def run(*args, check=True):
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    r = subprocess.run(
-        [sys.executable, "-m", "audiovit", *map(str, args)], capture_output=True, text=True, env=env
-    )
-    if check and r.returncode != 0:
-        raise AssertionError(f"exit {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}")
-    return r
-
-
-def fast_flags(**over):
-    cfg = {**FAST, **over}
-    flags = []
-    for k, v in cfg.items():
-        flag = "--" + k.replace("_", "-")
-        flags += (
-            [flag if v else f"--no-{k.replace('_', '-')}"] if isinstance(v, bool) else [flag, v]
-        )
-    return flags
+from helpers import fast_flags, run, sine
 
 
 def test_every_subcommand_has_help():

@@ -15,11 +15,10 @@ import pytest
 import soundfile as sf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_cli import fast_flags, run
 
 import audiovit
 from audiovit import audio
-from conftest import sine
+from helpers import fast_flags, run, sine
 
 
 @dataclass

@@ -10,12 +10,11 @@ import sys
 import numpy as np
 import pytest
 import torch
-from test_cli import fast_flags, run
 
 from audiovit import data, load_model
 from audiovit.features import FeatureConfig, LogMel
 from audiovit.train import TrainConfig, train
-from conftest import FAST
+from helpers import FAST, fast_flags, run
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 

@@ -10,9 +10,9 @@ import sys
 
 import pytest
 import torch
-from test_cli import fast_flags, run
 
 from audiovit import checkpoint
+from helpers import fast_flags, run
 
 # Part of `make test` (~1 min on 2 cores). An early version ended with rank 1 aborted (SIGABRT)
 # in one of six runs; since ranks wait for each other before leaving the process group and DDP is

@@ -6,10 +6,9 @@ import torch
 
 pytest.importorskip("onnxruntime")
 
-from test_cli import run  # noqa: E402
-
 import audiovit  # noqa: E402
 from audiovit.export import export_onnx, load_onnx  # noqa: E402
+from helpers import run  # noqa: E402
 
 
 def test_onnx_logits_match_eager_pytorch(trained, tmp_path):

@@ -84,7 +84,7 @@ def test_spec_augment_masks_stripes_with_the_mean():
 def test_cache_computes_once_and_rebuilds_damaged_entries(tmp_path, monkeypatch):
     import soundfile as sf
 
-    from conftest import sine
+    from helpers import sine
 
     wav = tmp_path / "a.wav"
     sf.write(wav, sine(1.0), 16000)
@@ -107,7 +107,7 @@ def test_cache_fills_in_parallel_in_order_with_errors_in_place(tmp_path):
     import soundfile as sf
 
     from audiovit.audio import AudioError
-    from conftest import sine
+    from helpers import sine
 
     paths = []
     for i, f in enumerate((220.0, 440.0, None, 880.0, 1760.0)):
@@ -132,7 +132,7 @@ def test_cache_fill_decodes_only_a_few_files_ahead_of_its_consumer(tmp_path):
     """A folder of long files is scored as it is decoded, never held in memory all at once."""
     import soundfile as sf
 
-    from conftest import sine
+    from helpers import sine
 
     paths = []
     for i in range(12):
@@ -158,7 +158,7 @@ def test_cache_fill_decodes_only_a_few_files_ahead_of_its_consumer(tmp_path):
 def test_a_cache_that_cannot_be_written_warns_once_and_still_gives_features(tmp_path):
     import soundfile as sf
 
-    from conftest import sine
+    from helpers import sine
 
     for i in range(2):
         sf.write(tmp_path / f"{i}.wav", sine(0.3, sr=16000, hz=300.0 + 100 * i), 16000)
@@ -176,7 +176,7 @@ def test_a_cache_that_cannot_be_written_warns_once_and_still_gives_features(tmp_
 def test_the_first_frames_of_a_file_stop_decoding_there(tmp_path, monkeypatch):
     import soundfile as sf
 
-    from conftest import sine
+    from helpers import sine
 
     sf.write(tmp_path / "long.wav", sine(100.0, sr=16000, hz=440.0), 16000)
     logmel = LogMel(FeatureConfig(n_mels=32))

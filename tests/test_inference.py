@@ -5,7 +5,7 @@ import torch
 
 import audiovit
 from audiovit.inference import _Windower, frame_windows, window_starts
-from conftest import sine
+from helpers import sine
 
 
 @pytest.mark.parametrize(

@@ -10,10 +10,9 @@ import subprocess
 import sys
 import time
 
-from test_cli import fast_flags, run
-
 from audiovit import checkpoint
 from audiovit.train import TIMINGS
+from helpers import fast_flags, run
 
 
 def _start(*args) -> subprocess.Popen:

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from audiovit import checkpoint, data
+from audiovit.features import FeatureConfig
 from audiovit.train import TIMINGS, TrainConfig, TrainingError, train
-from conftest import FAST
+from helpers import FAST
 
 
 def test_short_run_beats_chance_by_a_wide_margin(trained):
@@ -70,7 +71,7 @@ def test_resume_reproduces_the_uninterrupted_run(synth_root, tmp_path, monkeypat
 
 
 def test_distillation_loss_is_the_tempered_kl_divergence():
-    from audiovit.train import distillation_loss
+    from audiovit.loop import distillation_loss
 
     g = torch.Generator().manual_seed(0)
     s, t = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)
@@ -89,7 +90,7 @@ def test_a_student_trains_after_its_cnn_teacher_and_learns_what_the_teacher_says
     cfg = TrainConfig(
         **FAST, teacher="cnn", distill=1.0, depth=2, cache_dir=str(tmp_path / "cache")
     )
-    T = sys.modules["audiovit.train"]
+    T = sys.modules["audiovit.loop"]
     real = T._teacher_logits
     seen = []
 
@@ -136,44 +137,40 @@ def test_a_run_saved_before_the_stem_field_resumes_as_the_patch_model_it_was(syn
 
 def test_long_clips_get_up_to_max_crops_per_clip_crops_per_epoch():
     """An epoch draws about a median clip's worth of crops from each clip, up to the cap."""
-    from audiovit.train import Prepared, crops_per_clip
+    from audiovit.batches import Prepared, crops_per_clip
 
     def prep(frames: int) -> Prepared:
         return Prepared(feats=[np.zeros((8, frames), np.float16)] * 3, targets=[0, 1, 0])
 
-    cfg = TrainConfig()
-    assert cfg.max_crops_per_clip == 4
-    assert crops_per_clip(cfg, prep(3000), 300) == 4  # 30 s clip, 3 s crops: capped
-    assert crops_per_clip(replace(cfg, max_crops_per_clip=5), prep(3000), 300) == 5
-    assert crops_per_clip(cfg, prep(700), 300) == 2  # 7 s: about two crops' worth
-    assert crops_per_clip(cfg, prep(100), 300) == 1
-    assert crops_per_clip(replace(cfg, crops_per_clip=7), prep(3000), 300) == 7  # set outright
+    cap = TrainConfig().max_crops_per_clip
+    assert cap == 4
+    assert crops_per_clip(prep(3000), 300, fixed=None, cap=cap) == 4  # 30 s clip, 3 s crops: capped
+    assert crops_per_clip(prep(3000), 300, fixed=None, cap=5) == 5
+    assert crops_per_clip(prep(700), 300, fixed=None, cap=cap) == 2  # 7 s: about two crops' worth
+    assert crops_per_clip(prep(100), 300, fixed=None, cap=cap) == 1
+    assert crops_per_clip(prep(3000), 300, fixed=7, cap=cap) == 7  # set outright
 
 
 def test_the_conv_stem_refuses_a_single_token_crop():
-    from audiovit.features import FeatureConfig
-    from audiovit.train import _build_model
+    from audiovit.train import build_model
 
-    args = (FeatureConfig(n_mels=16), 4, 16, "cpu", lambda *a: None)  # 16 bands × 16 frames
-    with pytest.raises(TrainingError, match="--stem patch"):
-        _build_model(TrainConfig(n_mels=16), *args)
-    assert _build_model(TrainConfig(n_mels=16, stem="patch"), *args).grid == (1, 1)
+    with pytest.raises(TrainingError, match="--stem patch"):  # 16 bands × 16 frames
+        build_model(TrainConfig(n_mels=16), 4, 16)
+    assert build_model(TrainConfig(n_mels=16, stem="patch"), 4, 16).grid == (1, 1)
 
 
 def test_an_unreadable_init_checkpoint_is_named_in_one_line(tmp_path):
     from audiovit.checkpoint import CheckpointError
-    from audiovit.features import FeatureConfig
-    from audiovit.train import _build_model
+    from audiovit.pretrained import read_state_dict
 
-    args = (FeatureConfig(n_mels=32), 4, 64, "cpu", lambda *a: None)
     for name in ("vit.safetensors", "vit.pth"):
         (tmp_path / name).write_bytes(b"not a checkpoint at all")
         with pytest.raises(CheckpointError, match=name):
-            _build_model(TrainConfig(init=str(tmp_path / name)), *args)
+            read_state_dict(tmp_path / name)
 
 
 def test_a_missing_init_fails_before_any_work_but_a_resume_does_not_need_it(synth_root, tmp_path):
-    from test_model import _imagenet_state
+    from helpers import imagenet_state
 
     ds, splits = _splits(synth_root)
     cfg = TrainConfig(**{**FAST, "epochs": 1}, depth=2, cache_dir=str(tmp_path / "cache"))
@@ -181,7 +178,7 @@ def test_a_missing_init_fails_before_any_work_but_a_resume_does_not_need_it(synt
     with pytest.raises(TrainingError, match="--init .*vit.pth: no such file"):
         train(ds, splits, replace(cfg, init=str(init)), tmp_path / "run", log=lambda *a: None)
     assert not (tmp_path / "cache").exists()  # refused before the features were computed
-    torch.save(_imagenet_state(width=192, heads=3, layers=2), init)
+    torch.save(imagenet_state(width=192, heads=3, layers=2), init)
     cfg = replace(cfg, init=str(init))
     train(ds, splits, cfg, tmp_path / "run", log=lambda *a: None)
     init.unlink()  # last.pt holds the weights now
@@ -281,30 +278,26 @@ def test_the_log_counts_the_crops_an_epoch_trained(synth_root, tmp_path):
 
 
 def test_resume_ignores_where_features_live_but_not_a_changed_setting(tmp_path):
-    from audiovit.features import FeatureConfig
-    from audiovit.train import _build_model, _optimizer, _restore, _save_state
+    from audiovit.loop import LoopState, restore, save_state
+    from audiovit.train import _trainer, build_model
 
     cfg = TrainConfig(n_mels=32, cache_dir=str(tmp_path / "cache"))
-    model = _build_model(cfg, FeatureConfig(n_mels=32), 2, 64, "cpu", lambda *a: None)
-    state = {"epoch": 3, "step": 30, "best": 0.5, "log": []}
-    _save_state(tmp_path, model, _optimizer(model, cfg), None, cfg, ["a", "b"], state)
+    quiet = lambda *a: None
+    t = _trainer(cfg, build_model(cfg, 2, 64), 10, torch.device("cpu"), None, quiet)
+    save_state(tmp_path, t, ["a", "b"], LoopState(epoch=3, step=30, best=[0.5, -1.0]))
     moved = replace(cfg, cache_dir=str(tmp_path / "elsewhere"), device="cpu")
-    assert _restore(tmp_path, moved, ["a", "b"], model, _optimizer(model, moved), None,
-                    lambda *a: None)["epoch"] == 3  # fmt: skip
+    assert restore(tmp_path, moved, ["a", "b"], t, quiet).epoch == 3
     with pytest.raises(TrainingError, match="--lr 0.0005 \\(now 0.001\\)"):
-        _restore(tmp_path, replace(cfg, lr=1e-3), ["a", "b"], model, _optimizer(model, cfg),
-                 None, lambda *a: None)  # fmt: skip
+        restore(tmp_path, replace(cfg, lr=1e-3), ["a", "b"], t, quiet)
 
 
 def test_depth_overrides_the_presets_layer_count():
-    from audiovit.features import FeatureConfig
-    from audiovit.train import _build_model
+    from audiovit.train import build_model
 
-    args = (FeatureConfig(n_mels=32), 4, 64, "cpu", lambda *a: None)
-    assert len(_build_model(TrainConfig(), *args).blocks) == 12
-    shallow = _build_model(TrainConfig(depth=3), *args)
+    assert len(build_model(TrainConfig(n_mels=32), 4, 64).blocks) == 12
+    shallow = build_model(TrainConfig(n_mels=32, depth=3), 4, 64)
     assert len(shallow.blocks) == shallow.cfg.n_layers == 3 and shallow.cfg.width == 192
-    assert len(_build_model(TrainConfig(preset="cnn"), *args).blocks) == 0
+    assert len(build_model(TrainConfig(n_mels=32, preset="cnn"), 4, 64).blocks) == 0
 
 
 def test_bad_choices_fail_before_any_work():
@@ -353,24 +346,26 @@ def test_bad_files_are_skipped_and_empty_classes_refused(synth_root, tmp_path):
     for f in (root / "chirp").glob("*.wav"):
         f.write_bytes(b"garbage")
     ds, splits = _splits(root)
-    with pytest.raises(TrainingError, match="chirp"):
+    with pytest.raises(data.DataError, match="chirp"):
         train(ds, splits, cfg, tmp_path / "run2", log=lambda *a: None)
 
 
 def test_crop_length_follows_the_data():
-    from audiovit.features import FeatureConfig
-    from audiovit.train import Prepared, crop_frames
+    from audiovit.batches import Prepared, crop_frames
 
     short = Prepared(feats=[np.zeros((64, 45))] * 3)
     long = Prepared(feats=[np.zeros((64, 3001))] * 3)
     f = FeatureConfig()
-    assert crop_frames(TrainConfig(), f, short) == 48  # ~0.45 s, rounded up to whole patches
-    assert crop_frames(TrainConfig(), f, long) == 304  # capped at 3 s
-    assert crop_frames(TrainConfig(crop_s=1.0, patch_stride=10, stem="patch"), f, long) == 106
+    frames = lambda prep, crop_s=None, stride=16: crop_frames(
+        prep, f, crop_s=crop_s, max_crop_s=TrainConfig().max_crop_s, stride=stride
+    )
+    assert frames(short) == 48  # ~0.45 s, rounded up to whole patches
+    assert frames(long) == 304  # capped at 3 s
+    assert frames(long, crop_s=1.0, stride=10) == 106
 
 
 def test_balanced_batches_draw_every_class_equally_often():
-    from audiovit.train import Batches, Prepared
+    from audiovit.batches import Batches, Prepared
 
     targets = [0] * 90 + [1] * 9 + [2] * 1  # 90 : 9 : 1
     prep = Prepared(feats=[np.zeros((8, 20), np.float16)] * 100, targets=targets)
@@ -383,17 +378,17 @@ def test_balanced_batches_draw_every_class_equally_often():
 
 
 def test_class_balanced_sampling_turns_on_for_uneven_classes():
-    from audiovit.train import balanced_sampling
+    from audiovit.batches import balanced_sampling
 
-    auto = TrainConfig()
-    assert balanced_sampling(auto, [0] * 30 + [1] * 20) is True  # 1.5×
-    assert balanced_sampling(auto, [0] * 29 + [1] * 20) is False
-    assert balanced_sampling(TrainConfig(balance_classes=False), [0] * 90 + [1]) is False
-    assert balanced_sampling(TrainConfig(balance_classes=True), [0, 1]) is True
+    auto = TrainConfig().balance_classes
+    assert balanced_sampling([0] * 30 + [1] * 20, auto) is True  # 1.5×
+    assert balanced_sampling([0] * 29 + [1] * 20, auto) is False
+    assert balanced_sampling([0] * 90 + [1], False) is False
+    assert balanced_sampling([0, 1], True) is True
 
 
 def test_warped_crops_change_tempo_and_pitch_within_their_bounds():
-    from audiovit.train import random_crops
+    from audiovit.batches import random_crops
 
     t_ramp = np.tile(np.arange(2000, dtype=np.float32), (16, 1))  # value = frame index
     f_ramp = np.tile(np.arange(16, dtype=np.float32)[:, None], (1, 2000))  # value = band index
@@ -413,7 +408,7 @@ def test_warped_crops_change_tempo_and_pitch_within_their_bounds():
 
 def test_weight_average_follows_the_weights_with_its_decay():
     from audiovit.model import ModelConfig, ViT
-    from audiovit.train import WeightAverage
+    from audiovit.optimizer import WeightAverage
 
     cfg = ModelConfig(width=32, n_layers=1, n_heads=2, n_classes=2, n_mels=16, n_frames=16)
     model = ViT(replace(cfg, stem="conv"))
@@ -446,7 +441,8 @@ def test_amp_off_scores_validation_and_test_in_fp32_too(synth_root, tmp_path, mo
             super().__init__(*args, **kwargs)
             scoring_dtypes.append(self.amp)
 
-    monkeypatch.setattr(T, "Classifier", Spy)
+    monkeypatch.setattr(T, "Classifier", Spy)  # validation
+    monkeypatch.setattr(sys.modules["audiovit.run"], "Classifier", Spy)  # the test split
     ds, splits = _splits(synth_root)
     cfg = TrainConfig(**{**FAST, "epochs": 1, "amp": False}, cache_dir=str(tmp_path / "c"))
     train(ds, splits, cfg, tmp_path / "run", log=lambda *a: None)

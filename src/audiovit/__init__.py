@@ -6,18 +6,33 @@ result = clf.predict("song.mp3", top_k=3)
 result.label, result.score, result.top_k, result.segments
 """
 
-__version__ = "0.1.0"
-
 from .audio import AudioError
 from .audio import load as load_audio
 from .data import Dataset, SplitOptions, Splits, load_dataset, make_splits
 from .features import FeatureConfig, LogMel
-from .inference import Classifier, Prediction, load_model
+from .inference import Classifier, load_model
 from .model import PRESETS, ModelConfig, ViT
+from .prediction import Prediction
 from .train import TrainConfig, train
+from .version import __version__
 
 __all__ = [
-    "AudioError", "Classifier", "Dataset", "FeatureConfig", "LogMel", "ModelConfig", "PRESETS",
-    "Prediction", "SplitOptions", "Splits", "TrainConfig", "ViT", "load_audio", "load_dataset",
-    "load_model", "make_splits", "train",
-]  # fmt: skip
+    "AudioError",
+    "Classifier",
+    "Dataset",
+    "FeatureConfig",
+    "LogMel",
+    "ModelConfig",
+    "PRESETS",
+    "Prediction",
+    "SplitOptions",
+    "Splits",
+    "TrainConfig",
+    "ViT",
+    "load_audio",
+    "load_dataset",
+    "load_model",
+    "make_splits",
+    "train",
+    "__version__",
+]

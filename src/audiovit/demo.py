@@ -32,6 +32,8 @@ def run_demo(
         top = ", ".join(f"{lb} {s:.2f}" for lb, s in p.top_k)
         log(f"  {it.path.name:<22} true {it.label:<13} predicted {p.label:<13} ({top})")
     elapsed = time.perf_counter() - t0
-    log(f"\ndemo finished in {elapsed:.0f} s; test accuracy {metrics['accuracy']:.3f}; "
-        f"model in {out / 'model.pt'}")  # fmt: skip
+    log(
+        f"\ndemo finished in {elapsed:.0f} s; test accuracy {metrics['accuracy']:.3f}; "
+        f"model in {out / 'model.pt'}"
+    )
     return metrics

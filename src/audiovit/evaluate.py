@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from . import distributed
 from .audio import AudioError
 
 
@@ -37,7 +38,7 @@ def metrics(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str])
                 "support": int(support[i]),
             }
             for i, lb in enumerate(labels)
-        },  # fmt: skip
+        },
         "confusion_matrix": cm.tolist(),
         "labels": list(labels),
         "n": n,
@@ -99,3 +100,23 @@ def evaluate_items(clf, items, cache, hop_s: float | None = None) -> tuple[dict,
     targets = [index[it.label] for it in kept]
     m = metrics(targets, probs.argmax(axis=1) if len(probs) else np.zeros(0, int), clf.labels)
     return m, skipped, list(zip(kept, probs))
+
+
+def score_clips(
+    clf, feats: Sequence[np.ndarray], targets: Sequence[int], hop_s: float | None = None
+) -> tuple[dict, float, np.ndarray]:
+    """Score clips' log-mels (F, T_i) with known ``targets``: (whole-clip metrics, mean
+    clip-level cross-entropy, probabilities (N, C)). Under torchrun each rank scores every
+    world_size-th clip and the scores are gathered."""
+    clf.model.eval()
+    mine = distributed.shard(range(len(feats)))
+    scored = list(zip(mine, clf.predict_clips((feats[i] for i in mine), hop_s).numpy()))
+    by_index = dict(pair for part in distributed.all_gather(scored) for pair in part)
+    probs = (
+        np.stack([by_index[i] for i in range(len(feats))])
+        if by_index
+        else np.zeros((0, len(clf.labels)), np.float32)
+    )
+    m = metrics(targets, probs.argmax(axis=1), clf.labels)
+    p = probs[np.arange(len(targets)), targets] if len(probs) else np.ones(1)
+    return m, float(-np.log(np.clip(p, 1e-7, 1)).mean()), probs

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from .features import file_log_mel
-from .inference import Classifier, Prediction, frame_windows
+from .inference import Classifier, frame_windows
+from .prediction import Prediction
 
 
 def saliency(

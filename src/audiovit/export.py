@@ -18,6 +18,7 @@ import torch
 from . import checkpoint
 from .features import FeatureConfig
 from .inference import Classifier
+from .model import ModelConfig
 
 FORMAT = "audiovit-onnx/1"
 
@@ -31,12 +32,22 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike, *, opset:
     with warnings.catch_warnings():  # shape checks become constants: the window length is fixed
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
-            model, (example,), str(out), input_names=["log_mel"], output_names=["logits"],
-            dynamic_axes={"log_mel": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset,
+            model,
+            (example,),
+            str(out),
+            input_names=["log_mel"],
+            output_names=["logits"],
+            dynamic_axes={"log_mel": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=opset,
             dynamo=False,
-        )  # fmt: skip
-    sidecar = {"format": FORMAT, "labels": labels, "feature_config": fcfg.to_dict(),
-               "model_config": model.cfg.to_dict(), "metrics": meta.get("metrics")}  # fmt: skip
+        )
+    sidecar = {
+        "format": FORMAT,
+        "labels": labels,
+        "feature_config": fcfg.to_dict(),
+        "model_config": model.cfg.to_dict(),
+        "metrics": meta.get("metrics"),
+    }
     out.with_suffix(".json").write_text(json.dumps(sidecar, indent=2, ensure_ascii=False))
     return out
 
@@ -58,7 +69,7 @@ class OnnxModel:
         except Exception as e:  # onnxruntime's InvalidProtobuf, Fail, ...: not a usable graph
             msg = f"{path}: not a loadable ONNX model ({checkpoint.first_line(e)})"
             raise checkpoint.CheckpointError(msg) from None
-        self.cfg = type("Cfg", (), model_config)  # n_frames, n_mels, ... as attributes
+        self.cfg = ModelConfig(**model_config)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         (logits,) = self.session.run(None, {"log_mel": x.detach().cpu().numpy().astype(np.float32)})
@@ -85,5 +96,6 @@ def load_onnx(path: str | os.PathLike) -> Classifier:
     if not isinstance(info, dict) or not all(k in info for k in keys) or info["format"] != FORMAT:
         raise checkpoint.CheckpointError(f"{side}: not an audiovit ONNX sidecar")
     model = OnnxModel(path, info["model_config"])
-    return Classifier(model, FeatureConfig(**info["feature_config"]), info["labels"], device="cpu",
-                      amp=False)  # fmt: skip
+    return Classifier(
+        model, FeatureConfig(**info["feature_config"]), info["labels"], device="cpu", amp=False
+    )

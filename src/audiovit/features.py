@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import threading
 import warnings
@@ -24,19 +25,31 @@ import torch
 from torch import nn
 
 from . import audio
+from .config import check, option
 
 AMIN = 1e-10  # power floor before the log (librosa's default): silence is -100 dB, never -inf
+SILENCE_DB = 10.0 * math.log10(AMIN)  # what zero padding looks like in the log-mel
 
 
 @dataclass(frozen=True)
 class FeatureConfig:
-    sr: int = 16000  # Hz; every input is resampled to this
-    n_fft: int = 512  # samples per FFT (32 ms at 16 kHz)
-    win_length: int = 400  # samples per Hann window (25 ms), centred in n_fft
-    hop_length: int = 160  # samples between frames (10 ms): 100 frames per second
-    n_mels: int = 128  # mel bands (F)
-    fmin: float = 0.0  # Hz, lowest mel edge
-    fmax: float | None = None  # Hz, highest mel edge; None = sr / 2
+    sr: int = option(16000, "sample rate in Hz; every input is resampled to this", low=1000)
+    n_fft: int = option(512, "samples per FFT (32 ms at 16 kHz)", low=16)
+    win_length: int = option(400, "samples per Hann window (25 ms), centred in n_fft", low=16)
+    hop_length: int = option(160, "samples between frames (10 ms): 100 frames per second", low=1)
+    # 64 bands halve the tokens of 128 (2x faster) on a CPU budget
+    n_mels: int = option(64, "mel bands", low=1)
+    fmin: float = option(0.0, "Hz, bottom of the lowest mel band", low=0)
+    fmax: float | None = option(
+        None, "Hz, top of the highest mel band; unset: half the sample rate", low=1
+    )
+
+    def __post_init__(self):
+        check(self)
+        if self.fmax is not None and self.fmax > self.sr / 2:
+            raise ValueError(f"fmax must be at most sr / 2 = {self.sr / 2:g} Hz; got {self.fmax:g}")
+        if self.win_length > self.n_fft:
+            raise ValueError(f"win_length ({self.win_length}) must be <= n_fft ({self.n_fft})")
 
     def n_frames(self, seconds: float) -> int:
         """Frames a centred STFT gives for ``seconds`` of audio."""
@@ -102,9 +115,15 @@ class LogMel(nn.Module):
         """(B, S) → power spectrogram (B, K, T), fp32."""
         c = self.cfg
         spec = torch.stft(
-            wave.float(), c.n_fft, c.hop_length, c.win_length, self.window,
-            center=center, pad_mode="constant", return_complex=True,
-        )  # fmt: skip
+            wave.float(),
+            c.n_fft,
+            c.hop_length,
+            c.win_length,
+            self.window,
+            center=center,
+            pad_mode="constant",
+            return_complex=True,
+        )
         return spec.real.square() + spec.imag.square()
 
     def forward(self, wave: torch.Tensor, center: bool = True) -> torch.Tensor:
@@ -252,8 +271,11 @@ class FeatureCache:
                 tmp.unlink(missing_ok=True)
             if not self._warned:
                 self._warned = True
-                warnings.warn(f"feature cache {self.root}: cannot write ({e.strerror or e}); "
-                              "features are computed without it", stacklevel=2)  # fmt: skip
+                warnings.warn(
+                    f"feature cache {self.root}: cannot write ({e.strerror or e}); "
+                    "features are computed without it",
+                    stacklevel=2,
+                )
         return feats
 
     def get_many(

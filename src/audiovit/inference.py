@@ -8,82 +8,23 @@ decoded and featurised block by block, so memory does not grow with their length
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import audio, checkpoint
-from .features import AMIN, FeatureConfig, LogMel, stream_log_mel
-from .model import ViT, autocast_dtype, resolve_device
-
-SILENCE_DB = 10.0 * math.log10(AMIN)  # what zero padding looks like in the log-mel
+from . import audio, checkpoint, distributed
+from .device import autocast_dtype, resolve_device
+from .features import SILENCE_DB, FeatureConfig, LogMel, stream_log_mel
+from .model import ViT
+from .prediction import Prediction, Window
+from .progress import Progress
 
 
 class TooLong(ValueError):
     """Audio past a caller's duration limit."""
-
-
-@dataclass
-class Window:
-    start_s: float
-    end_s: float
-    label: str
-    score: float
-
-
-@dataclass
-class Prediction:
-    label: str
-    score: float
-    top_k: list[tuple[str, float]]
-    segments: list[Window]  # one per scored window, in time order
-    probs: np.ndarray  # (W, C) per-window class probabilities
-    duration_s: float
-    path: str | None = None
-    overview: np.ndarray | None = None  # (F, ≤ n) log-mel averaged over time, if asked for
-    labels: list[str] = field(default_factory=list)  # the columns of probs
-
-    def timeline(self) -> list[Window]:
-        """Runs of consecutive windows with the same label, merged into contiguous segments.
-
-        Each window is taken to cover from its start to the next window's start (the last one to
-        its end), so segments neither overlap nor leave gaps; a segment's score is the mean of
-        its windows' scores.
-        """
-        merged: list[Window] = []
-        counts: list[int] = []
-        for i, w in enumerate(self.segments):
-            end = self.segments[i + 1].start_s if i + 1 < len(self.segments) else w.end_s
-            if merged and merged[-1].label == w.label:
-                m, n = merged[-1], counts[-1]
-                merged[-1] = Window(m.start_s, end, m.label, (m.score * n + w.score) / (n + 1))
-                counts[-1] += 1
-            else:
-                merged.append(Window(w.start_s, end, w.label, w.score))
-                counts.append(1)
-        return merged
-
-    def to_dict(self, timeline: bool = False) -> dict:
-        d = {
-            "path": self.path,
-            "label": self.label,
-            "score": round(self.score, 6),
-            "top_k": [{"label": lb, "score": round(s, 6)} for lb, s in self.top_k],
-            "duration_s": round(self.duration_s, 3),
-        }
-        if timeline:  # every window ("segments") and runs of one label ("timeline")
-            for key, windows in (("segments", self.segments), ("timeline", self.timeline())):
-                d[key] = [
-                    {"start_s": round(w.start_s, 3), "end_s": round(w.end_s, 3), "label": w.label,
-                     "score": round(w.score, 6)}
-                    for w in windows
-                ]  # fmt: skip
-        return d
 
 
 def window_starts(n_frames: int, win: int, hop: int) -> list[int]:
@@ -232,34 +173,12 @@ class Classifier:
             if len(x) == 0:
                 raise ValueError("the waveform has no samples")
             blocks = [x]
-        n_samples = 0
-
-        def counted(bs):
-            nonlocal n_samples
-            for b in bs:
-                n_samples += len(b)
-                if max_seconds is not None and n_samples > max_seconds * cfg.sr:
-                    raise TooLong(f"audio longer than the {max_seconds:g} s limit")
-                yield b
-
-        pooled: list[torch.Tensor] = []  # 10-frame means, for the overview
-
-        def keep_overview(chunks):
-            rest = None
-            for c in chunks:
-                if overview:
-                    c_all = c if rest is None else torch.cat([rest, c], dim=1)
-                    n = c_all.shape[1] // 10 * 10
-                    pooled.append(c_all[:, :n].reshape(c.shape[0], -1, 10).mean(dim=2))
-                    rest = c_all[:, n:]
-                yield c
-            if overview and rest is not None and rest.shape[1]:
-                pooled.append(rest.mean(dim=1, keepdim=True))
-
+        counter, pooled = _SampleCounter(blocks, cfg.sr, max_seconds), []  # pooled: 10-frame means
         with torch.inference_mode():
-            chunks = keep_overview(stream_log_mel(counted(blocks), self.logmel))
+            chunks = stream_log_mel(counter, self.logmel)
+            chunks = _pool_frames(chunks, pooled) if overview else chunks
             starts, probs = self._score(chunks, self.hop_frames(hop_s))
-        pred = self.make_prediction(starts, probs, n_samples / cfg.sr, top_k, path)
+        pred = self.make_prediction(starts, probs, counter.n / cfg.sr, top_k, path)
         if overview and pooled:
             pred.overview = _shrink(torch.cat(pooled, dim=1), overview).cpu().numpy()
         return pred
@@ -318,6 +237,34 @@ class Classifier:
         )
 
 
+class _SampleCounter:
+    """Passes waveform blocks at ``sr`` through, counting their samples; raises TooLong as soon
+    as they pass ``max_seconds``."""
+
+    def __init__(self, blocks: Iterable[np.ndarray], sr: int, max_seconds: float | None):
+        self.blocks, self.sr, self.max_seconds, self.n = blocks, sr, max_seconds, 0
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for b in self.blocks:
+            self.n += len(b)
+            if self.max_seconds is not None and self.n > self.max_seconds * self.sr:
+                raise TooLong(f"audio longer than the {self.max_seconds:g} s limit")
+            yield b
+
+
+def _pool_frames(chunks: Iterable[torch.Tensor], pooled: list) -> Iterator[torch.Tensor]:
+    """Passes log-mel chunks (F, n) through, appending their 10-frame means to ``pooled``."""
+    rest = None
+    for c in chunks:
+        c_all = c if rest is None else torch.cat([rest, c], dim=1)
+        n = c_all.shape[1] // 10 * 10
+        pooled.append(c_all[:, :n].reshape(c.shape[0], -1, 10).mean(dim=2))
+        rest = c_all[:, n:]
+        yield c
+    if rest is not None and rest.shape[1]:
+        pooled.append(rest.mean(dim=1, keepdim=True))
+
+
 def _shrink(x: torch.Tensor, n: int) -> torch.Tensor:
     """(F, T) → (F, ≤ n) by averaging neighbouring columns."""
     return torch.nn.functional.adaptive_avg_pool1d(x[None], min(n, x.shape[1]))[0]
@@ -339,3 +286,16 @@ def find_audio_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
         else:
             out.append(p)
     return out
+
+
+def predict_files(
+    clf: Classifier, paths: list[Path], **predict_kw
+) -> Iterator[tuple[int, Path, Prediction | audio.AudioError]]:
+    """Classify files one by one: (index in ``paths``, path, its prediction or why it could not
+    be decoded). Under torchrun each rank takes every world_size-th file."""
+    mine = distributed.shard(range(len(paths)))
+    for i in Progress(mine, "predicting") if len(mine) > 1 else mine:
+        try:
+            yield i, paths[i], clf.predict(paths[i], **predict_kw)
+        except audio.AudioError as e:
+            yield i, paths[i], e

@@ -2,62 +2,107 @@
 
 Parameter names follow timm's ``VisionTransformer`` (``patch_embed.proj``, ``cls_token``,
 ``pos_embed``, ``blocks.N.attn.qkv`` ...) so ImageNet ViT/DeiT weights load by name
-(:func:`load_timm_weights`). The model takes log-mel power in dB and returns logits; it
+(``pretrained.py``). The model takes log-mel power in dB and returns logits; it
 standardises each example itself, so no dataset statistics travel beside it.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .config import check, option
 
 PATCH = 16  # patch side in mel bins and frames, as in ViT/DeiT's 16×16
 PLAIN_ATTENTION_MAX = 256  # tokens up to which CPU inference uses softmax(QKᵀ)V, not SDPA
 # the conv stem's token spacings (patch_stride); 16: four stride-2 convs, as the 16×16 patches
 CONV_STRIDES = (2, 4, 8, 16)
 
-POOLS = ("cls", "mean")  # the choices of ModelConfig's string fields
-NORMS = ("example", "band")
-STEMS = ("patch", "conv")
 
-PRESETS = {  # (width, n_layers, n_heads), as in DeiT
-    "tiny": (192, 12, 3),
-    "small": (384, 12, 6),
-    "base": (768, 12, 12),
+class Preset(NamedTuple):
+    width: int
+    n_layers: int
+    n_heads: int
+
+
+PRESETS = {  # as in DeiT
+    "tiny": Preset(192, 12, 3),
+    "small": Preset(384, 12, 6),
+    "base": Preset(768, 12, 12),
     # no transformer layer: the conv stem, mean-pooled, is a 4-layer CNN (48-96-192-384 wide,
     # 1.1 M parameters) — a baseline, and a teacher to distil from (TrainConfig.teacher)
-    "cnn": (384, 0, 1),
+    "cnn": Preset(384, 0, 1),
 }
 
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """The architecture. The defaults are the recipe ``audiovit train`` uses; the input's shape
+    (``n_mels``, ``n_frames``) always comes from the features and the crop length."""
+
     n_classes: int
-    n_mels: int = 128  # input frequency bins (F)
-    n_frames: int = 301  # input frames (T) the position embedding is laid out for
+    n_mels: int  # input frequency bins (F)
+    n_frames: int  # input frames (T) the position embedding is laid out for
     patch_size: int = PATCH  # square patches, in bins × frames
-    patch_stride: int = 16  # token spacing: < patch_size overlaps (AST: 10); conv: 2, 4, 8, 16
-    width: int = 192  # token dimension (D)
-    n_layers: int = 12
-    n_heads: int = 3
+    patch_stride: int = option(
+        16,
+        "token spacing in bins/frames: < 16 overlaps patches (stem patch; AST: 10) or gives "
+        "the conv stem finer cells (2, 4 or 8); either way more tokens, slower",
+        low=1,
+    )
+    width: int = PRESETS["tiny"].width  # token dimension (D)
+    n_layers: int = PRESETS["tiny"].n_layers
+    n_heads: int = PRESETS["tiny"].n_heads
     mlp_ratio: float = 4.0
-    pool: str = "cls"  # "cls" token or "mean" of the patch tokens
-    drop_path: float = 0.1  # stochastic depth at the last block, linear from 0
+    # the mean of the patch tokens trains faster than a class token on small data
+    pool: str = option(
+        "mean",
+        "what the head reads: the mean of the patch tokens, or a class token",
+        choices=("mean", "cls"),
+    )
+    drop_path: float = option(
+        0.1, "stochastic depth at the last block, linear from 0", low=0, high=1
+    )
     head_dropout: float = 0.0
     top_db: float = 80.0  # dynamic range kept below each example's peak before standardising
-    norm: str = "example"  # standardise each input by its own mean, or "band": each band's mean
-    stem: str = "patch"  # "patch": one linear map per patch; "conv": 4 strided 3×3 convs (ConvStem)
+    norm: str = option(
+        "example",
+        "input standardisation: each example by its own mean, or each band by its mean over time",
+        choices=("example", "band"),
+    )
+    # conv fits small data faster than patches (benchmarks/NOTES.md, "Stem")
+    stem: str = option(
+        "conv",
+        "conv: four strided 3x3 convolutions (ConvStem); patch: one "
+        "linear map per 16x16 patch, as timm's ViT",
+        choices=("conv", "patch"),
+    )
+
+    def __post_init__(self):
+        check(self)
+        if self.n_layers == 0 and self.stem != "conv":
+            raise ValueError(
+                "a model with no transformer layer (the cnn preset, depth 0) is "
+                "the conv stem alone: it needs stem='conv'"
+            )
+        if self.stem == "conv" and (
+            self.patch_size != PATCH or self.patch_stride not in CONV_STRIDES
+        ):
+            raise ValueError(
+                f"the conv stem's patch_stride (its token spacing) must be one of "
+                f"{', '.join(map(str, CONV_STRIDES))}; overlapping patches of "
+                "another stride need stem='patch' (--stem patch)"
+            )
 
     @classmethod
     def from_preset(cls, preset: str, **kw) -> ModelConfig:
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-        width, n_layers, n_heads = PRESETS[preset]
-        return cls(width=width, n_layers=n_layers, n_heads=n_heads, **kw)
+        return cls(**PRESETS[preset]._asdict(), **kw)
 
     def grid(self, n_frames: int | None = None) -> tuple[int, int]:
         """Patches along frequency and time for an input of ``n_frames`` frames."""
@@ -106,7 +151,7 @@ class ConvStem(nn.Module):
     2021). Adds ~10 % to ViT-tiny's arithmetic. ``patch_stride`` 8 (4, 2) gives the last one
     (two, three) convs stride 1: a token per 8×8 (4×4, 2×2) cell, 4× (16×, 64×) the tokens.
     Layers are named as timm's ConvNormAct (``backbone.N.conv``/``.bn``), then ``proj``; no
-    ImageNet checkpoint provides them (load_timm_weights leaves them random).
+    ImageNet checkpoint provides them (an image-pretrained start leaves them random).
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -114,9 +159,11 @@ class ConvStem(nn.Module):
         widths = [1] + [cfg.width // 8 * 2**i for i in range(4)]  # 1, D/8, D/4, D/2, D
         n_halvings = cfg.patch_stride.bit_length() - 1  # log2 of the token spacing
         self.backbone = nn.Sequential(
-            *(ConvBnAct(a, b, 2 if i < n_halvings else 1)
-              for i, (a, b) in enumerate(zip(widths, widths[1:])))
-        )  # fmt: skip
+            *(
+                ConvBnAct(a, b, 2 if i < n_halvings else 1)
+                for i, (a, b) in enumerate(zip(widths, widths[1:]))
+            )
+        )
         self.proj = nn.Conv2d(widths[-1], cfg.width, 1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -196,16 +243,6 @@ class ViT(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        for name, allowed in (("pool", POOLS), ("norm", NORMS), ("stem", STEMS)):
-            if getattr(cfg, name) not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}; "
-                                 f"got {getattr(cfg, name)!r}")  # fmt: skip
-        if cfg.n_layers == 0 and cfg.stem != "conv":
-            raise ValueError("a model with no transformer layer needs the conv stem (stem='conv')")
-        if cfg.stem == "conv" and (cfg.patch_size != PATCH or cfg.patch_stride not in CONV_STRIDES):
-            raise ValueError(f"the conv stem's patch_stride (token spacing) must be one of "
-                             f"{', '.join(map(str, CONV_STRIDES))}, and patch_size "
-                             f"{PATCH}")  # fmt: skip
         self.cfg = cfg
         D = cfg.width
         self.patch_embed = ConvStem(cfg) if cfg.stem == "conv" else PatchEmbed(cfg)
@@ -270,67 +307,3 @@ def resample_pos_embed(
     grid = F.interpolate(grid, size=new, mode="bilinear", align_corners=False)
     grid = grid.permute(0, 2, 3, 1).reshape(1, new[0] * new[1], D)
     return torch.cat([prefix, grid], dim=1)
-
-
-def load_timm_weights(model: ViT, state: dict[str, torch.Tensor]) -> list[str]:
-    """Start ``model`` from an ImageNet ViT/DeiT state dict in timm's layout, as AST did.
-
-    The RGB patch kernels are summed into one channel (and resized if the patch size differs),
-    the position embedding is resampled to the spectrogram's patch grid, a DeiT distillation
-    token is averaged into the class token, and the classifier head is left untouched.
-    Returns the names of the model's parameters that the checkpoint did not provide.
-    """
-    state = dict(state)
-    for wrapper in ("model", "state_dict"):
-        if wrapper in state and isinstance(state[wrapper], dict):
-            state = dict(state[wrapper])
-    ours = model.state_dict()
-    if "cls_token" in state and state["cls_token"].shape[-1] != model.cfg.width:
-        raise ValueError(
-            f"checkpoint width {state['cls_token'].shape[-1]} differs from the model's "
-            f"{model.cfg.width}: pick the preset that matches it"
-        )
-    if model.cfg.stem == "conv":  # a timm ViT's patch embedding has no counterpart in the stem
-        state = {k: v for k, v in state.items() if not k.startswith("patch_embed.")}
-    w = state.get("patch_embed.proj.weight")
-    if w is not None:
-        w = w.float().sum(dim=1, keepdim=True)  # (D, 3, p, p) -> (D, 1, p, p)
-        p = model.cfg.patch_size
-        if w.shape[-1] != p:
-            w = F.interpolate(w, size=(p, p), mode="bicubic", align_corners=False)
-        state["patch_embed.proj.weight"] = w
-    pos = state.get("pos_embed")
-    if pos is not None:
-        n_prefix = 2 if "dist_token" in state else 1
-        if n_prefix == 2:
-            state["cls_token"] = (state["cls_token"] + state.pop("dist_token")) / 2
-            pos = torch.cat([pos[:, :2].mean(dim=1, keepdim=True), pos[:, 2:]], dim=1)
-        side = math.isqrt(pos.shape[1] - 1)
-        state["pos_embed"] = resample_pos_embed(pos.float(), (side, side), model.grid, 1)
-    usable = {
-        k: v for k, v in state.items()
-        if k in ours and not k.startswith("head.") and v.shape == ours[k].shape
-    }  # fmt: skip
-    missing = [k for k in ours if k not in usable]
-    if not usable:
-        raise ValueError("no parameter of the checkpoint matches this ViT (is it a timm ViT?)")
-    model.load_state_dict(usable, strict=False)
-    return missing
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` → CUDA when present, else CPU; anything else is passed to torch.device."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """bf16 where the hardware runs it fast (CUDA with bf16, CPUs with AVX-512 BF16/AMX)."""
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu":
-        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-        if any(getattr(torch.cpu, p, lambda: False)() for p in probes):
-            return torch.bfloat16
-    return None

@@ -35,8 +35,15 @@ def confusion_matrix(m: dict, path: str | os.PathLike) -> None:
             for i in range(len(labels)):
                 for j in range(len(labels)):
                     if cm[i, j]:
-                        ax.text(j, i, fmt.format(data[i, j]), ha="center", va="center", fontsize=8,
-                                color="white" if data[i, j] > hi else "black")  # fmt: skip
+                        ax.text(
+                            j,
+                            i,
+                            fmt.format(data[i, j]),
+                            ha="center",
+                            va="center",
+                            fontsize=8,
+                            color="white" if data[i, j] > hi else "black",
+                        )
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -51,8 +58,11 @@ def training_curves(log: list[dict], path: str | os.PathLike) -> None:
     a2.plot(ep, [r["train_acc"] for r in log], label="train (crops, augmented)")
     if valid:
         a1.plot([r["epoch"] for r in valid], [r["valid_loss"] for r in valid], label="valid")
-        a2.plot([r["epoch"] for r in valid], [r["valid_acc"] for r in valid],
-                label="valid (whole clips)")  # fmt: skip
+        a2.plot(
+            [r["epoch"] for r in valid],
+            [r["valid_acc"] for r in valid],
+            label="valid (whole clips)",
+        )
     a1.set(xlabel="epoch", ylabel="loss", title="Loss")
     a2.set(xlabel="epoch", ylabel="accuracy", title="Accuracy", ylim=(0, 1.02))
     for a in (a1, a2):
@@ -108,8 +118,13 @@ def timeline(pred, path: str | os.PathLike, n_classes: int = 6) -> None:
     a1.legend(loc="upper right", fontsize=8, ncol=min(3, len(order)))
     a1.grid(alpha=0.3)
     if pred.overview is not None:
-        a2.imshow(pred.overview, origin="lower", aspect="auto", cmap="magma",
-                  extent=(0, pred.duration_s, 0, pred.overview.shape[0]))  # fmt: skip
+        a2.imshow(
+            pred.overview,
+            origin="lower",
+            aspect="auto",
+            cmap="magma",
+            extent=(0, pred.duration_s, 0, pred.overview.shape[0]),
+        )
     a2.set(xlabel="time (s)", ylabel="mel band", xlim=(0, pred.duration_s))
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -132,7 +147,10 @@ def explanation(
         extent=extent,
     )
     top = ", ".join(f"{lb} {sc:.2f}" for lb, sc in pred.top_k)
-    ax.set(xlabel="time (s)", ylabel="mel band",
-           title=f"{pred.label}: gradient saliency |∂logit/∂log-mel| (top-k: {top})")  # fmt: skip
+    ax.set(
+        xlabel="time (s)",
+        ylabel="mel band",
+        title=f"{pred.label}: gradient saliency |∂logit/∂log-mel| (top-k: {top})",
+    )
     fig.savefig(path, dpi=100)
     plt.close(fig)

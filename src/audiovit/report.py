@@ -11,8 +11,9 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from . import __version__, checkpoint
+from . import checkpoint
 from .evaluate import most_confused
+from .version import __version__
 
 STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;color:#1d2330;max-width:1100px;margin:24px auto;
@@ -65,49 +66,17 @@ def write_report(run: str | Path) -> Path:
             for row in csv.DictReader(f):
                 if row["label"] != row["predicted"]:
                     examples[(row["label"], row["predicted"])].append(Path(row["path"]).name)
-    counts = info.get("counts", {})
     parts = [
         f"<h1>audiovit run: {html.escape(run.resolve().name)}</h1>",
         f'<p class="muted">{dt.datetime.now():%Y-%m-%d %H:%M} · audiovit {__version__} · '
-        f"{kept_weights(m)} · scored on the "
-        f"{html.escape(m.get('split', '?'))} split</p>",
+        f"{kept_weights(m)} · scored on the {html.escape(m.get('split', '?'))} split</p>",
         "".join(
             f'<span class="kpi"><b>{m[k]:.3f}</b>{k.replace("_", " ")}</span>'
             for k in ("accuracy", "balanced_accuracy", "macro_f1")
         )
         + f'<span class="kpi"><b>{m["n"]}</b>clips</span>',
-        "<h2>Data</h2>",
-        _table(
-            ["class", "train", "valid", "test"],
-            [
-                [lb] + [counts.get(s, {}).get(lb, 0) for s in ("train", "valid", "test")]
-                for lb in labels
-            ],
-        ),
-        "".join(f"<p class='muted'>{html.escape(n)}</p>" for n in info.get("notes", [])),
-        f"<p>{info.get('n_skipped', 0)} files skipped</p>",
-        "<ul>"
-        + "".join(f"<li><code>{html.escape(s)}</code></li>" for s in info.get("skipped", [])[:50])
-        + "</ul>",
-        "<h2>Metrics</h2>",
-        _table(
-            ["class", "precision", "recall", "f1", "support"],
-            [
-                [
-                    lb,
-                    *(m["per_class"][lb][k] for k in ("precision", "recall", "f1")),
-                    m["per_class"][lb]["support"],
-                ]
-                for lb in labels
-            ],
-        ),
-        "<h2>Most confused pairs</h2>",
-        _table(
-            ["true", "predicted", "clips", "examples"],
-            [[t, p, c, ", ".join(examples[(t, p)][:3])] for t, p, c in most_confused(m, 8)],
-        )
-        if most_confused(m, 1)
-        else "<p>No confusions.</p>",
+        _data_section(info, labels),
+        _metrics_section(m, labels, examples),
         "<h2>Plots</h2>",
         _image(run / "curves.png", "training curves"),
         _image(run / "confusion.png", "confusion matrix"),
@@ -116,9 +85,58 @@ def write_report(run: str | Path) -> Path:
         _settings("training", meta.get("train_config", {})),
         _settings("model", obj.get("model_config", {})),
         _settings("features", obj.get("feature_config", {})),
+        _start_section(meta.get("start")),
     ]
     head = f"<meta charset=utf-8><title>audiovit report</title><style>{STYLE}</style>"
     page = f"<!doctype html><html lang=en><head>{head}</head><body>{''.join(parts)}</body></html>"
     out = run / "report.html"
     out.write_text(page, encoding="utf-8")
     return out
+
+
+def _data_section(info: dict, labels: list[str]) -> str:
+    counts = info.get("counts", {})
+    rows = [
+        [lb] + [counts.get(s, {}).get(lb, 0) for s in ("train", "valid", "test")] for lb in labels
+    ]
+    skipped = "".join(
+        f"<li><code>{html.escape(s)}</code></li>" for s in info.get("skipped", [])[:50]
+    )
+    return (
+        "<h2>Data</h2>"
+        + _table(["class", "train", "valid", "test"], rows)
+        + "".join(f"<p class='muted'>{html.escape(n)}</p>" for n in info.get("notes", []))
+        + f"<p>{info.get('n_skipped', 0)} files skipped</p><ul>{skipped}</ul>"
+    )
+
+
+def _metrics_section(m: dict, labels: list[str], examples: dict) -> str:
+    per_class = [
+        [lb, *(m["per_class"][lb][k] for k in ("precision", "recall", "f1")),
+         m["per_class"][lb]["support"]]
+        for lb in labels
+    ]  # fmt: skip
+    pairs = [[t, p, c, ", ".join(examples[(t, p)][:3])] for t, p, c in most_confused(m, 8)]
+    confused = _table(["true", "predicted", "clips", "examples"], pairs) if pairs else ""
+    return (
+        "<h2>Metrics</h2>"
+        + _table(["class", "precision", "recall", "f1", "support"], per_class)
+        + "<h2>Most confused pairs</h2>"
+        + (confused or "<p>No confusions.</p>")
+    )
+
+
+def _start_section(start: dict | None) -> str:
+    """Where the weights began (``--init``), and that model's own start, back to the first."""
+    if not start:
+        return ""
+    lines = []
+    while start:
+        classes = ", ".join(start.get("labels") or []) or "an image model"
+        lines.append(
+            f"<li><code>{html.escape(start['path'])}</code> ({start['kind']}; "
+            f"{html.escape(classes)}): {start['n_loaded']} tensors loaded, "
+            f"{len(start['resampled'])} resampled, {len(start['new'])} new</li>"
+        )
+        start = start.get("start")
+    return "<h2>Start</h2><ul>" + "".join(lines) + "</ul>"

@@ -20,20 +20,25 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from . import __version__, audio
+from . import audio
+from .config import check, option
 from .inference import Classifier, TooLong
+from .version import __version__
 
 SPECTROGRAM_COLUMNS = 400  # the page's spectrogram is averaged down to at most this many frames
 
 
 @dataclass(frozen=True)
 class ServeConfig:
-    host: str = "127.0.0.1"  # loopback unless told otherwise
-    port: int = 8000
-    max_upload_mb: float = 50.0  # larger bodies get 413
-    max_duration_s: float = 3600.0  # longer audio gets 413
-    top_k: int = 5
-    workers: int = 2  # predictions running at once
+    host: str = option("127.0.0.1", "address to listen on; the loopback unless told otherwise")
+    port: int = option(8000, "port to listen on", low=0, high=65535)
+    max_upload_mb: float = option(50.0, "larger uploads get 413", low=0)
+    max_duration_s: float = option(3600.0, "longer audio gets 413", low=0)
+    top_k: int = option(5, "classes listed per prediction", low=1)
+    workers: int = option(2, "predictions running at once", low=1)
+
+    def __post_init__(self):
+        check(self)
 
 
 class _Reject(Exception):
@@ -53,9 +58,15 @@ def create_app(clf: Classifier, cfg: ServeConfig = ServeConfig(), name: str = "m
 
     @app.get("/health")
     async def health() -> dict:
-        return {"status": "ok", "model": name, "labels": clf.labels, "version": __version__,
-                "window_s": clf.window_s, "max_upload_mb": cfg.max_upload_mb,
-                "max_duration_s": cfg.max_duration_s}  # fmt: skip
+        return {
+            "status": "ok",
+            "model": name,
+            "labels": clf.labels,
+            "version": __version__,
+            "window_s": clf.window_s,
+            "max_upload_mb": cfg.max_upload_mb,
+            "max_duration_s": cfg.max_duration_s,
+        }
 
     @app.post("/predict")
     async def predict(request: Request, top_k: int | None = None, hop: float | None = None):
@@ -123,9 +134,12 @@ def _predict_bytes(
             )
         try:
             pred = clf.predict(
-                path, top_k=top_k or cfg.top_k, hop_s=hop, overview=SPECTROGRAM_COLUMNS,
+                path,
+                top_k=top_k or cfg.top_k,
+                hop_s=hop,
+                overview=SPECTROGRAM_COLUMNS,
                 max_seconds=cfg.max_duration_s,
-            )  # fmt: skip
+            )
         except audio.AudioError as e:
             reason = e.reason.replace(str(path), filename).replace(tmp, "")  # no server paths
             raise _Reject(415, f"not usable audio: {reason}") from None

@@ -1,0 +1,152 @@
+"""What a prediction is and how it is written: one file's label, scores and timeline, as text,
+JSON or a per-window CSV, and the writer that keeps results in input order (under torchrun, one
+part per process, merged at the end)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import distributed
+
+
+@dataclass
+class Window:
+    start_s: float
+    end_s: float
+    label: str
+    score: float
+
+
+@dataclass
+class Prediction:
+    label: str
+    score: float
+    top_k: list[tuple[str, float]]
+    segments: list[Window]  # one per scored window, in time order
+    probs: np.ndarray  # (W, C) per-window class probabilities
+    duration_s: float
+    path: str | None = None
+    overview: np.ndarray | None = None  # (F, ≤ n) log-mel averaged over time, if asked for
+    labels: list[str] = field(default_factory=list)  # the columns of probs
+
+    def timeline(self) -> list[Window]:
+        """Runs of consecutive windows with the same label, merged into contiguous segments.
+
+        Each window is taken to cover from its start to the next window's start (the last one to
+        its end), so segments neither overlap nor leave gaps; a segment's score is the mean of
+        its windows' scores.
+        """
+        merged: list[Window] = []
+        counts: list[int] = []
+        for i, w in enumerate(self.segments):
+            end = self.segments[i + 1].start_s if i + 1 < len(self.segments) else w.end_s
+            if merged and merged[-1].label == w.label:
+                m, n = merged[-1], counts[-1]
+                merged[-1] = Window(m.start_s, end, m.label, (m.score * n + w.score) / (n + 1))
+                counts[-1] += 1
+            else:
+                merged.append(Window(w.start_s, end, w.label, w.score))
+                counts.append(1)
+        return merged
+
+    def to_dict(self, timeline: bool = False) -> dict:
+        d = {
+            "path": self.path,
+            "label": self.label,
+            "score": round(self.score, 6),
+            "top_k": [{"label": lb, "score": round(s, 6)} for lb, s in self.top_k],
+            "duration_s": round(self.duration_s, 3),
+        }
+        if timeline:  # every window ("segments") and runs of one label ("timeline")
+            for key, windows in (("segments", self.segments), ("timeline", self.timeline())):
+                d[key] = [
+                    {
+                        "start_s": round(w.start_s, 3),
+                        "end_s": round(w.end_s, 3),
+                        "label": w.label,
+                        "score": round(w.score, 6),
+                    }
+                    for w in windows
+                ]
+        return d
+
+    def to_text(self, timeline: bool = False) -> str:
+        """One tab-separated line (path, label, score, duration and top-k); with ``timeline``,
+        a line per run of one label below it."""
+        top = "  ".join(f"{lb} {s:.3f}" for lb, s in self.top_k)
+        lines = [f"{self.path}\t{self.label}\t{self.score:.3f}\t({self.duration_s:.1f} s; {top})"]
+        if timeline:
+            lines += [
+                f"  {w.start_s:8.2f}-{w.end_s:8.2f} s  {w.label}  {w.score:.3f}"
+                for w in self.timeline()
+            ]
+        return "\n".join(lines)
+
+    def write_timeline(self, out: str | os.PathLike) -> None:
+        """Per-window labels and probabilities as CSV (one row per window), or, for a .json
+        ``out``, JSON with the same keys as the service: ``segments`` (every window, with its
+        probabilities) and ``timeline`` (runs of one label)."""
+        out = Path(out)
+        if out.suffix.lower() == ".json":
+            doc = self.to_dict(timeline=True)
+            for w, pr in zip(doc["segments"], self.probs):
+                w["probs"] = dict(zip(self.labels, map(float, pr)))
+            out.write_text(json.dumps(doc, indent=1, ensure_ascii=False))
+            return
+        with open(out, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["start_s", "end_s", "label", "score", *self.labels])
+            for seg, pr in zip(self.segments, self.probs):
+                row = [f"{seg.start_s:.3f}", f"{seg.end_s:.3f}", seg.label, f"{seg.score:.4f}"]
+                w.writerow(row + [f"{v:.4f}" for v in pr])
+
+
+class ResultWriter:
+    """Result lines to ``out`` (else stdout) in input order. Under torchrun each rank writes
+    ``out.partN`` (JSON lines carrying the input index) and :meth:`close` merges them, in
+    order, into ``out`` on rank 0."""
+
+    def __init__(self, out: Path | None):
+        if distributed.active() and out is None:
+            raise ValueError("under torchrun, predict needs --out FILE for the merged results")
+        self.out = out
+        self.part = out.with_name(f"{out.name}.part{distributed.rank()}") if out else None
+        if distributed.active():
+            self.sink = open(self.part, "w", encoding="utf-8")
+        else:
+            self.sink = open(out, "w", encoding="utf-8") if out else sys.stdout
+
+    def write(self, i: int, text: str) -> None:
+        if distributed.active():
+            text = json.dumps({"i": i, "text": text})
+        print(text, file=self.sink, flush=True)
+
+    def close(self, failed: int) -> int:
+        """Finish; returns the count of ``failed`` inputs summed over the ranks."""
+        if self.sink is not sys.stdout:
+            self.sink.close()
+        if not distributed.active():
+            return failed
+        failed = int(distributed.all_sum([failed])[0])  # also waits for every rank's part
+        if distributed.is_main():
+            parts = [
+                self.out.with_name(f"{self.out.name}.part{r}")
+                for r in range(distributed.world_size())
+            ]
+            records = [
+                json.loads(ln) for f in parts for ln in f.read_text(encoding="utf-8").splitlines()
+            ]
+            tmp = self.out.with_name(self.out.name + ".tmp")
+            lines = (r["text"] + "\n" for r in sorted(records, key=lambda r: r["i"]))
+            tmp.write_text("".join(lines), encoding="utf-8")
+            tmp.replace(self.out)
+            for f in parts:
+                f.unlink()
+        return failed

@@ -1,0 +1,200 @@
+"""Starting weights: a ViT begun from weights trained elsewhere instead of at random.
+
+Two kinds of start load into a model being trained (``TrainConfig.init``):
+- an audiovit model file: stem, blocks, norms and position embedding (its grid resampled along
+  frequency and time to the new crop), and the head where the classes are the same;
+- an image-pretrained ViT/DeiT in timm's layout, as the Audio Spectrogram Transformer did: RGB
+  patch kernels summed into one channel, the square position grid resampled to the
+  spectrogram's.
+Either way a :class:`Start` records what loaded, what was resampled and what is new, and it is
+kept in the new model's file, so a model's lineage can be read back.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from . import checkpoint
+from .checkpoint import CheckpointError, safe_load
+from .model import PRESETS, ModelConfig, ViT, resample_pos_embed
+
+# the settings a start made from an audiovit model passes on to the run (TrainConfig fields)
+FEATURE_FIELDS = ("sr", "n_mels", "fmax")
+MODEL_FIELDS = ("stem", "pool", "norm", "patch_stride")
+
+
+@dataclass
+class Start:
+    """Where a model's weights began; stored in its model file's meta as ``start``."""
+
+    path: str  # the file, as given
+    kind: str  # "audiovit" (a model file) or "timm" (an image checkpoint)
+    n_loaded: int  # tensors taken as they were
+    resampled: list[str] = field(default_factory=list)  # taken after resampling
+    new: list[str] = field(default_factory=list)  # left at their random init
+    labels: list[str] | None = None  # the source model's classes
+    data: dict | None = None  # the source model's data summary (clips per class and split)
+    start: dict | None = None  # the source model's own start: lineage
+
+    def describe(self) -> str:
+        """One line for the training log."""
+        parts = [f"{self.n_loaded} tensors loaded"]
+        if self.resampled:
+            parts.append(f"{len(self.resampled)} resampled ({', '.join(self.resampled)})")
+        heads = [k for k in self.new if k.startswith("head.")]
+        others = [k for k in self.new if not k.startswith("head.")]
+        if heads:
+            parts.append("a new head" + ("" if self.labels is None else " (other classes)"))
+        if others:
+            parts.append(f"{len(others)} others new")
+        return f"started from {self.path} ({self.kind}): {', '.join(parts)}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def read_state_dict(path: str | os.PathLike) -> dict:
+    """The tensors of a ``.safetensors`` file, or of a torch file (loaded without running code)."""
+    if str(path).endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path)
+        except Exception as e:  # SafetensorError (not a public class), OSError
+            msg = f"{path}: not a readable safetensors file ({e})"
+            raise CheckpointError(msg) from None
+    return safe_load(path)
+
+
+def load_timm_weights(model: ViT, state: dict[str, torch.Tensor]) -> list[str]:
+    """Start ``model`` from an ImageNet ViT/DeiT state dict in timm's layout, as AST did.
+
+    The RGB patch kernels are summed into one channel (and resized if the patch size differs),
+    the position embedding is resampled to the spectrogram's patch grid, a DeiT distillation
+    token is averaged into the class token, and the classifier head is left untouched.
+    Returns the names of the model's parameters that the checkpoint did not provide.
+    """
+    state = dict(state)
+    for wrapper in ("model", "state_dict"):
+        if wrapper in state and isinstance(state[wrapper], dict):
+            state = dict(state[wrapper])
+    ours = model.state_dict()
+    if "cls_token" in state and state["cls_token"].shape[-1] != model.cfg.width:
+        raise ValueError(
+            f"checkpoint width {state['cls_token'].shape[-1]} differs from the model's "
+            f"{model.cfg.width}: pick the preset that matches it"
+        )
+    if model.cfg.stem == "conv":  # a timm ViT's patch embedding has no counterpart in the stem
+        state = {k: v for k, v in state.items() if not k.startswith("patch_embed.")}
+    w = state.get("patch_embed.proj.weight")
+    if w is not None:
+        w = w.float().sum(dim=1, keepdim=True)  # (D, 3, p, p) -> (D, 1, p, p)
+        p = model.cfg.patch_size
+        if w.shape[-1] != p:
+            w = F.interpolate(w, size=(p, p), mode="bicubic", align_corners=False)
+        state["patch_embed.proj.weight"] = w
+    pos = state.get("pos_embed")
+    if pos is not None:
+        n_prefix = 2 if "dist_token" in state else 1
+        if n_prefix == 2:
+            state["cls_token"] = (state["cls_token"] + state.pop("dist_token")) / 2
+            pos = torch.cat([pos[:, :2].mean(dim=1, keepdim=True), pos[:, 2:]], dim=1)
+        side = math.isqrt(pos.shape[1] - 1)
+        state["pos_embed"] = resample_pos_embed(pos.float(), (side, side), model.grid, 1)
+    usable = {
+        k: v
+        for k, v in state.items()
+        if k in ours and not k.startswith("head.") and v.shape == ours[k].shape
+    }
+    missing = [k for k in ours if k not in usable]
+    if not usable:
+        raise ValueError("no parameter of the checkpoint matches this ViT (is it a timm ViT?)")
+    model.load_state_dict(usable, strict=False)
+    return missing
+
+
+def is_model_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an audiovit model file (rather than an image checkpoint)."""
+    if str(path).endswith(".safetensors"):
+        return False
+    obj = safe_load(path)
+    return obj.get("format") == checkpoint.FORMAT
+
+
+def start_settings(path: str | os.PathLike) -> dict:
+    """The TrainConfig settings a run started from the audiovit model file ``path`` takes from it
+    unless told otherwise: its features (sample rate, mel bands, fmax) and its architecture
+    (preset, depth, stem, pooling, normalisation, token spacing). An image checkpoint: none."""
+    if not is_model_file(path):
+        return {}
+    obj = checkpoint.read_model_file(path)
+    mcfg, fcfg = obj["model_config"], obj["feature_config"]
+    preset = next(
+        (name for name, p in PRESETS.items()
+         if (p.width, p.n_heads) == (mcfg["width"], mcfg["n_heads"]) and p.n_layers),
+        None,
+    )  # fmt: skip
+    if preset is None:
+        raise CheckpointError(
+            f"{path}: a model {mcfg['width']} wide with {mcfg['n_heads']} heads matches no preset"
+        )
+    depth = None if mcfg["n_layers"] == PRESETS[preset].n_layers else mcfg["n_layers"]
+    if mcfg["n_layers"] == 0:
+        preset, depth = "cnn", None
+    return {
+        **{k: fcfg[k] for k in FEATURE_FIELDS},
+        **{k: mcfg[k] for k in MODEL_FIELDS},
+        "preset": preset,
+        "depth": depth,
+    }
+
+
+def load_start(model: ViT, path: str | os.PathLike, labels: list[str]) -> Start:
+    """Load the start at ``path`` into ``model`` (trained for ``labels``), in place."""
+    if is_model_file(path):
+        return _load_audiovit(model, path, labels)
+    missing = load_timm_weights(model, read_state_dict(path))
+    n_loaded = len(model.state_dict()) - len(missing)
+    resampled = [k for k in ("pos_embed", "patch_embed.proj.weight") if k not in missing]
+    return Start(str(path), "timm", n_loaded - len(resampled), resampled, missing)
+
+
+def _load_audiovit(model: ViT, path: str | os.PathLike, labels: list[str]) -> Start:
+    obj = checkpoint.read_model_file(path)
+    src = ModelConfig(**obj["model_config"])
+    cfg = model.cfg
+    for name in ("width", "stem", "patch_size", "n_layers", "n_heads"):
+        if getattr(src, name) != getattr(cfg, name):
+            raise CheckpointError(
+                f"{path}: its {name} is {getattr(src, name)}, this run's {getattr(cfg, name)}: "
+                f"a start must have the same architecture (leave --{name.replace('_', '-')} "
+                "and --preset/--depth unset to take the start's)"
+            )
+    state, ours = dict(obj["state_dict"]), model.state_dict()
+    resampled = []
+    if src.grid() != model.grid:
+        state["pos_embed"] = resample_pos_embed(
+            state["pos_embed"].float(), src.grid(), model.grid, 1
+        )
+        resampled.append("pos_embed")
+    same_classes = list(obj["labels"]) == list(labels)
+    if not same_classes:
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    usable = {k: v for k, v in state.items() if k in ours and v.shape == ours[k].shape}
+    model.load_state_dict(usable, strict=False)
+    meta = obj.get("meta") or {}
+    return Start(
+        path=str(path),
+        kind="audiovit",
+        n_loaded=len(usable) - len(resampled),
+        resampled=resampled,
+        new=[k for k in ours if k not in usable],
+        labels=list(obj["labels"]),
+        data=(meta.get("data") or {}).get("counts"),
+        start=meta.get("start"),
+    )

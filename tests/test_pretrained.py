@@ -1,0 +1,135 @@
+"""Starts: a run begun from an audiovit model file or an image checkpoint in timm's layout."""
+
+import json
+
+import pytest
+import torch
+
+from audiovit import checkpoint, synth
+from audiovit.checkpoint import CheckpointError
+from audiovit.model import ModelConfig, ViT
+from audiovit.pretrained import load_start, load_timm_weights, read_state_dict, start_settings
+from audiovit.train import TrainConfig, build_model
+from helpers import imagenet_state, run
+
+
+def small(**kw) -> ModelConfig:
+    base = dict(n_classes=5, n_mels=32, n_frames=48, width=64, n_layers=2, n_heads=4, stem="patch")
+    return ModelConfig(**{**base, **kw})
+
+
+def test_timm_weights_leave_the_conv_stem_random():
+    donor = ViT(small(n_frames=32))  # a patch-embedding ViT in timm's layout, square grid
+    model = ViT(small(stem="conv", n_frames=64))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    missing = load_timm_weights(model, donor.state_dict())
+    stem = [k for k in model.state_dict() if k.startswith("patch_embed.")]
+    assert set(stem) <= set(missing)  # no half-loaded stem (its proj.bias matches by shape)
+    assert all(torch.equal(model.state_dict()[k], before[k]) for k in stem)
+    assert torch.equal(model.state_dict()["blocks.0.attn.qkv.weight"],
+                       donor.state_dict()["blocks.0.attn.qkv.weight"])  # fmt: skip
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "pth", "deit"])
+def test_init_from_imagenet_checkpoint(tmp_path, fmt):
+    from safetensors.torch import load_file, save_file
+
+    state = imagenet_state(deit=fmt == "deit")
+    path = tmp_path / f"vit.{'safetensors' if fmt == 'safetensors' else 'pth'}"
+    if fmt == "safetensors":
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+        assert set(load_file(str(path))) == set(state)
+    else:
+        torch.save({"model": state}, path)
+    model = ViT(small())
+    missing = load_timm_weights(model, read_state_dict(str(path)))
+    assert set(missing) == {"head.weight", "head.bias"}
+    torch.testing.assert_close(
+        model.patch_embed.proj.weight, state["patch_embed.proj.weight"].sum(1, keepdim=True)
+    )
+    torch.testing.assert_close(model.blocks[1].attn.qkv.weight, state["blocks.1.attn.qkv.weight"])
+    assert model.pos_embed.shape[1] == 1 + model.grid[0] * model.grid[1]
+    assert torch.isfinite(model(torch.randn(2, 32, 48))).all()
+
+
+def test_init_refuses_a_checkpoint_of_another_width():
+    with pytest.raises(ValueError, match="width"):
+        load_timm_weights(ViT(small()), imagenet_state(width=96, heads=4))
+
+
+def _source(trained):
+    obj = checkpoint.read_model_file(trained / "model.pt")
+    return obj, obj["state_dict"]
+
+
+def test_a_start_on_other_classes_loads_the_body_resamples_the_grid_and_makes_a_new_head(trained):
+    obj, src = _source(trained)
+    settings = start_settings(trained / "model.pt")
+    assert settings["n_mels"] == obj["feature_config"]["n_mels"] == 32
+    assert settings["stem"] == "conv" and settings["preset"] == "tiny" and settings["depth"] is None
+    src_frames = obj["model_config"]["n_frames"]
+    cfg = TrainConfig(**settings, init=str(trained / "model.pt"))
+    model = build_model(cfg, n_classes=3, n_frames=src_frames + 64)  # a longer crop
+    start = load_start(model, cfg.init, ["am_tone", "chord", "fm_tone"])
+    ours = model.state_dict()
+    for name in ("patch_embed.backbone.0.conv.weight", "patch_embed.backbone.0.bn.running_mean",
+                 "blocks.11.mlp.fc2.weight", "norm.weight", "cls_token"):  # fmt: skip
+        torch.testing.assert_close(ours[name], src[name])
+    assert (
+        start.resampled == ["pos_embed"] and ours["pos_embed"].shape[1] > src["pos_embed"].shape[1]
+    )
+    assert set(start.new) == {"head.weight", "head.bias"}
+    assert start.n_loaded == len(ours) - 3
+    assert start.labels == obj["labels"] and start.data["train"]["tone"] > 0
+    assert "a new head (other classes)" in start.describe()
+
+
+def test_a_start_on_the_same_classes_keeps_the_head(trained):
+    obj, src = _source(trained)
+    cfg = TrainConfig(**start_settings(trained / "model.pt"), init=str(trained / "model.pt"))
+    model = build_model(cfg, n_classes=len(obj["labels"]), n_frames=obj["model_config"]["n_frames"])
+    start = load_start(model, cfg.init, obj["labels"])
+    assert start.new == [] and start.resampled == []
+    torch.testing.assert_close(model.state_dict()["head.weight"], src["head.weight"])
+    model.eval()
+    x = torch.randn(2, 32, obj["model_config"]["n_frames"]) * 20 - 50
+    source, *_ = checkpoint.load_model(trained / "model.pt")
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), source(x))  # the same model, to the last weight
+
+
+def test_a_start_of_another_architecture_is_one_clear_error(trained):
+    cfg = TrainConfig(**{**start_settings(trained / "model.pt"), "preset": "small"})
+    with pytest.raises(CheckpointError, match="width is 192, this run's 384"):
+        load_start(build_model(cfg, 3, 48), trained / "model.pt", ["a", "b", "c"])
+    cfg = TrainConfig(**{**start_settings(trained / "model.pt"), "stem": "patch"})
+    with pytest.raises(CheckpointError, match="stem is conv, this run's patch"):
+        load_start(build_model(cfg, 3, 48), trained / "model.pt", ["a", "b", "c"])
+
+
+def test_train_from_a_model_records_its_lineage(trained, tmp_path):
+    root = synth.make_dataset(tmp_path / "d", n_per_class=12, classes=["am_tone", "chord", "fm_tone"],
+                              duration=1.0, seed=3)  # fmt: skip
+    flags = [
+        "--epochs",
+        2,
+        "--batch-size",
+        16,
+        "--warmup-epochs",
+        1,
+        "--no-amp",
+        "--max-crop-s",
+        0.8,
+    ]
+    r = run("train", root, "--out", tmp_path / "run", "--init", trained / "model.pt", *flags)
+    assert "from the start" in r.stdout and "--n-mels 32" in r.stdout
+    assert "a new head (other classes)" in r.stdout and "resampled (pos_embed)" in r.stdout
+    info = json.loads(run("info", tmp_path / "run" / "model.pt").stdout)
+    start = info["meta"]["start"]
+    assert start["kind"] == "audiovit" and start["path"] == str(trained / "model.pt")
+    assert start["labels"] == ["chirp", "click_train", "noise_bursts", "tone"]
+    assert info["labels"] == ["am_tone", "chord", "fm_tone"]
+    r = run("train", root, "--out", tmp_path / "bad", "--init", trained / "model.pt",
+            "--preset", "small", check=False)  # fmt: skip
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "width is 192, this run's 384" in r.stderr
