@@ -26,7 +26,11 @@ import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from accuracy import (
+from audiovit.features import default_cache_dir
+from audiovit.loop import BEFORE_FIELD
+from audiovit.train import TrainConfig
+from common import RESULTS, ROOT
+from protocols import (
     PROTOCOLS,
     FoldsFailed,
     default_workers,
@@ -34,10 +38,6 @@ from accuracy import (
     rule_cell,
     run_protocol,
 )
-from audiovit.features import default_cache_dir
-from audiovit.loop import BEFORE_FIELD
-from audiovit.train import TrainConfig
-from common import RESULTS, ROOT
 
 # what a row keeps of run_protocol's result (older rows may lack last_accuracy and
 # best_accuracy: their accuracy is then the best epoch's on validation)

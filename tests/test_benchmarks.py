@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-import accuracy  # benchmarks/ is on the path (pyproject's pytest pythonpath)
-from accuracy import mfcc_stats
+import protocols  # benchmarks/ is on the path (pyproject's pytest pythonpath)
 from audiovit import checkpoint
 from audiovit.train import TrainConfig
 from helpers import FAST
+from protocols import mfcc_stats
 
 librosa = pytest.importorskip("librosa")
 
@@ -27,15 +27,15 @@ def test_mfcc_statistics_equal_librosas(frames):
     np.testing.assert_allclose(mfcc_stats(S), want, rtol=1e-5, atol=1e-4)
 
 
-def two_fold_protocol(synth_root, tmp_path, monkeypatch) -> accuracy.Protocol:
+def two_fold_protocol(synth_root, tmp_path, monkeypatch) -> protocols.Protocol:
     """A protocol "synth" over the synthetic clips: two folds, each tested once, pooled."""
     with open(tmp_path / "manifest.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["path", "label", "fold"])
         for i, wav in enumerate(sorted(synth_root.glob("*/*.wav"))):
             w.writerow([wav, wav.parent.name, i % 2])
-    proto = accuracy.Protocol("synth", "two folds", "manifest.csv", "all", "pooled", 0.5, 1.0)
-    monkeypatch.setitem(accuracy.PROTOCOLS, "synth", proto)
+    proto = protocols.Protocol("synth", "two folds", "manifest.csv", "all", "pooled", 0.5, 1.0)
+    monkeypatch.setitem(protocols.PROTOCOLS, "synth", proto)
     return proto
 
 
@@ -50,24 +50,24 @@ def test_the_other_rule_column_scores_its_weights_like_the_run_scores_its_model(
     proto = two_fold_protocol(synth_root, tmp_path, monkeypatch)
     cfg = TrainConfig(**{**FAST, "epochs": 1}, keep=keep, cache_dir=str(tmp_path / "cache"))
     args = argparse.Namespace(data=tmp_path, runs=tmp_path / "runs", resume=False)
-    row = accuracy.run_protocol("synth", args, cfg)
+    row = protocols.run_protocol("synth", args, cfg)
     assert [f["fold"] for f in row["folds"]] == ["0", "1"]
-    ds = accuracy.data.load_dataset(tmp_path / "manifest.csv")
-    cache = accuracy.FeatureCache(cfg.cache_dir, accuracy.LogMel(cfg.feature_config()))
+    ds = protocols.data.load_dataset(tmp_path / "manifest.csv")
+    cache = protocols.FeatureCache(cfg.cache_dir, protocols.LogMel(cfg.feature_config()))
     if keep == "auto":  # the folds' carves are too small to choose an epoch: they train too
-        for f, (fold, splits) in zip(row["folds"], accuracy.fold_splits(ds, proto), strict=True):
+        for f, (fold, splits) in zip(row["folds"], protocols.fold_splits(ds, proto), strict=True):
             assert f["keep"] == "last" and f["best_epoch"] is None
             assert f["best_accuracy"] is None and f["last_accuracy"] == f["accuracy"]
             run = tmp_path / "runs" / "synth" / fold
-            assert accuracy.other_rule_predictions(run, "last", splits.test, cache, cfg) is None
-        assert row["best_accuracy"] is None and accuracy.rule_cell(row, "best") == "—"
+            assert protocols.other_rule_predictions(run, "last", splits.test, cache, cfg) is None
+        assert row["best_accuracy"] is None and protocols.rule_cell(row, "best") == "—"
         return
-    for f, (fold, splits) in zip(row["folds"], accuracy.fold_splits(ds, proto), strict=True):
+    for f, (fold, splits) in zip(row["folds"], protocols.fold_splits(ds, proto), strict=True):
         assert f["fold"] == fold and f["best_epoch"] == 1 and f["keep"] == keep
         assert f["last_accuracy"] == f["best_accuracy"] == f["accuracy"]
         run = tmp_path / "runs" / "synth" / fold
-        other = accuracy.other_rule_predictions(run, keep, splits.test, cache, cfg)
-        assert other == accuracy.read_predictions(run)  # (true, predicted) per clip, in order
+        other = protocols.other_rule_predictions(run, keep, splits.test, cache, cfg)
+        assert other == protocols.read_predictions(run)  # (true, predicted) per clip, in order
     assert row["last_accuracy"] == row["best_accuracy"] == row["accuracy"]
 
     g = torch.Generator().manual_seed(0)
@@ -81,7 +81,7 @@ def test_the_other_rule_column_scores_its_weights_like_the_run_scores_its_model(
         model, fcfg, labels, meta = checkpoint.load_model(run / "best.pt")
         model.load_state_dict(noisy(model.state_dict()))
         checkpoint.save_model(run / "best.pt", model, fcfg, labels, meta)
-    assert accuracy.other_rule_predictions(run, keep, splits.test, cache, cfg) != other
+    assert protocols.other_rule_predictions(run, keep, splits.test, cache, cfg) != other
 
 
 def test_folds_side_by_side_score_as_one_after_the_other(synth_root, tmp_path, monkeypatch):
@@ -95,9 +95,9 @@ def test_folds_side_by_side_score_as_one_after_the_other(synth_root, tmp_path, m
     threads, seen = torch.get_num_threads(), []
     try:
         torch.set_num_threads(1)
-        one = accuracy.run_protocols(["synth"], args("one"), cfg, workers=1)["synth"]
+        one = protocols.run_protocols(["synth"], args("one"), cfg, workers=1)["synth"]
         torch.set_num_threads(2)
-        two = accuracy.run_protocols(["synth"], args("two"), cfg, workers=2, on_row=seen.append)
+        two = protocols.run_protocols(["synth"], args("two"), cfg, workers=2, on_row=seen.append)
     finally:
         torch.set_num_threads(threads)
     assert seen == [two["synth"]]
@@ -112,8 +112,8 @@ def test_folds_side_by_side_score_as_one_after_the_other(synth_root, tmp_path, m
                 "baseline_accuracy"):  # fmt: skip
         assert two[key] == one[key], key
     for fold in ("0", "1"):
-        assert accuracy.read_predictions(tmp_path / "two" / "synth" / fold) == (
-            accuracy.read_predictions(tmp_path / "one" / "synth" / fold))  # fmt: skip
+        assert protocols.read_predictions(tmp_path / "two" / "synth" / fold) == (
+            protocols.read_predictions(tmp_path / "one" / "synth" / fold))  # fmt: skip
 
 
 def test_the_last_folds_take_the_idle_workers_threads(monkeypatch):
@@ -122,10 +122,10 @@ def test_the_last_folds_take_the_idle_workers_threads(monkeypatch):
     import multiprocessing
 
     left = multiprocessing.Value("i", 3)
-    monkeypatch.setattr(accuracy, "_STOP", None)
-    monkeypatch.setattr(accuracy, "_LEFT", left)
-    monkeypatch.setattr(accuracy, "_WORKERS", 2)
-    monkeypatch.setattr(accuracy, "_THREADS", 2)
+    monkeypatch.setattr(protocols, "_STOP", None)
+    monkeypatch.setattr(protocols, "_LEFT", left)
+    monkeypatch.setattr(protocols, "_WORKERS", 2)
+    monkeypatch.setattr(protocols, "_THREADS", 2)
     seen = []
 
     def fold(job, cfg, resume, tag, on_log):  # stands in for training: logs twice
@@ -137,14 +137,14 @@ def test_the_last_folds_take_the_idle_workers_threads(monkeypatch):
             raise RuntimeError("unreadable")
         return {}
 
-    monkeypatch.setattr(accuracy, "run_fold", fold)
+    monkeypatch.setattr(protocols, "run_fold", fold)
     threads = torch.get_num_threads()
     try:
-        accuracy._worker_run_fold("good", None, False, "")  # 3 folds left, then 2: one each
+        protocols._worker_run_fold("good", None, False, "")  # 3 folds left, then 2: one each
         assert seen == [1, 1] and left.value == 1
         left.value = 2
         with pytest.raises(RuntimeError):  # 2 left, then this one alone: both threads
-            accuracy._worker_run_fold("bad", None, False, "")
+            protocols._worker_run_fold("bad", None, False, "")
         assert seen[2:] == [1, 2] and torch.get_num_threads() == 2 and left.value == 0
     finally:
         torch.set_num_threads(threads)
@@ -163,17 +163,17 @@ def test_a_failing_fold_leaves_the_others_rows_and_is_named(synth_root, tmp_path
         for i in range(12):
             (bad / f"{i}.wav").write_bytes(b"not audio")
             w.writerow([bad / f"{i}.wav", "ab"[i % 2], i % 2])
-    broken = accuracy.Protocol("broken", "unreadable", "broken.csv", "all", "pooled", 0.5, 9.0)
-    monkeypatch.setitem(accuracy.PROTOCOLS, "broken", broken)
+    broken = protocols.Protocol("broken", "unreadable", "broken.csv", "all", "pooled", 0.5, 9.0)
+    monkeypatch.setitem(protocols.PROTOCOLS, "broken", broken)
     cfg = TrainConfig(**{**FAST, "epochs": 1}, cache_dir=str(tmp_path / "cache"))
     args = argparse.Namespace(data=tmp_path, runs=tmp_path / "runs", resume=False)
     with pytest.raises(ValueError, match="synth has no fold 7; its folds: 0, 1"):
-        accuracy.run_protocols(["synth"], args, cfg, only=["7"])
+        protocols.run_protocols(["synth"], args, cfg, only=["7"])
     seen = []
     with pytest.raises(
-        accuracy.FoldsFailed, match="2 of 4 folds failed: broken fold 0: .*broken fold 1"
+        protocols.FoldsFailed, match="2 of 4 folds failed: broken fold 0: .*broken fold 1"
     ):
-        accuracy.run_protocols(["broken", "synth"], args, cfg, workers=2, on_row=seen.append)
+        protocols.run_protocols(["broken", "synth"], args, cfg, workers=2, on_row=seen.append)
     assert [r["protocol"] for r in seen] == ["synth"]
     assert [f["fold"] for f in seen[0]["folds"]] == ["0", "1"]
 
@@ -181,12 +181,18 @@ def test_a_failing_fold_leaves_the_others_rows_and_is_named(synth_root, tmp_path
 def test_rule_columns_read_each_rules_score_and_older_rows_their_kept_one():
     new = {"accuracy": 0.5, "best_accuracy": 0.4, "last_accuracy": 0.5,
            "folds": [{"keep": "last"}, {"keep": "last"}]}  # fmt: skip
-    assert (accuracy.rule_cell(new, "best"), accuracy.rule_cell(new, "last")) == ("0.400", "0.500")
+    assert (protocols.rule_cell(new, "best"), protocols.rule_cell(new, "last")) == (
+        "0.400",
+        "0.500",
+    )
     old = {"accuracy": 0.7, "last_accuracy": 0.6}  # before keep existed: the best was kept
-    assert (accuracy.rule_cell(old, "best"), accuracy.rule_cell(old, "last")) == ("0.700", "0.600")
+    assert (protocols.rule_cell(old, "best"), protocols.rule_cell(old, "last")) == (
+        "0.700",
+        "0.600",
+    )
     older = {"accuracy": 0.7}  # before the last epoch was scored
-    assert accuracy.rule_cell(older, "last") == "—"
+    assert protocols.rule_cell(older, "last") == "—"
     kept_last = {"accuracy": 0.7, "folds": [{"keep": "last"}]}
-    assert (accuracy.rule_cell(kept_last, "best"), accuracy.rule_cell(kept_last, "last")) == (
+    assert (protocols.rule_cell(kept_last, "best"), protocols.rule_cell(kept_last, "last")) == (
         "—", "0.700")  # fmt: skip
-    assert accuracy.kept_rules({"folds": [{"keep": "last"}, {}]}) == {"best", "last"}
+    assert protocols.kept_rules({"folds": [{"keep": "last"}, {}]}) == {"best", "last"}

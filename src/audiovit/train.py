@@ -186,11 +186,13 @@ def train(
     start = _load_init(model, cfg, labels, log) if cfg.init and not resuming else None
     steps = count_batches(len(prep["train"].feats) * repeats, cfg.batch_size)
     t = _trainer(cfg, model.to(device), steps, device, teacher, log)
-    state = restore(out, cfg, labels, t, log) if resume else LoopState(start=start)
+    state = restore(out, cfg, labels, t, log) if resume else LoopState()
+    if not resuming:  # a resumed run's start is the one its last.pt names
+        state.start = start
     if distributed.is_main():  # last.pt holds the log of its epochs; a cut epoch left no line
         (out / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in state.log))
     meta = {"train_config": asdict(cfg), "data": run.data_meta(ds, splits, prep, labels, skipped)}
-    if state.start:  # last.pt keeps it: a resumed run's weights began there too
+    if state.start:
         meta["start"] = state.start
     log(_describe(t, cfg, fcfg.seconds(n_frames), steps, balanced))
     clf = Classifier(t.scored, fcfg, labels, device=device, amp=cfg.amp)
