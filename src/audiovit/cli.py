@@ -90,6 +90,16 @@ def _start_settings(init: str | None, given: dict) -> dict:
     return taken
 
 
+def cmd_pretrain(args) -> int:
+    from .pretrain import PretrainConfig, pretrain
+
+    fields = dataclasses.fields(PretrainConfig)
+    cfg = PretrainConfig(**{f.name: getattr(args, f.name) for f in fields if hasattr(args, f.name)})
+    path = pretrain(cfg, args.out, args.data, resume=args.resume)
+    print(f"\nwrote {path}: start a run from it with `audiovit train DATA --init {path}`")
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from . import evaluate, plots
     from .features import FeatureCache, default_cache_dir
@@ -231,6 +241,22 @@ def _train_parser(sub) -> None:
     p.set_defaults(func=cmd_train)
 
 
+def _pretrain_parser(sub) -> None:
+    from .pretrain import PretrainConfig
+
+    p = sub.add_parser(
+        "pretrain",
+        help="pretrain a backbone by masked-spectrogram modelling on procedural audio and your "
+        "own unlabelled recordings",
+    )
+    p.add_argument("data", nargs="*", type=Path,
+                   help="folders (walked for audio) or manifests; labels are ignored")  # fmt: skip
+    p.add_argument("--out", type=Path, required=True, help="folder for backbone.pt, last.pt")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    _add_config_flags(p, PretrainConfig)
+    p.set_defaults(func=cmd_pretrain)
+
+
 def _evaluate_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="score a model on labelled data")
     p.add_argument("model", type=Path, help="model file (model.pt)")
@@ -321,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"audiovit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_train_parser, _evaluate_parser, _predict_parser, _other_parsers):
+    for add in (_train_parser, _pretrain_parser, _evaluate_parser, _predict_parser, _other_parsers):
         add(sub)
     return parser
 
@@ -330,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     from .audio import AudioError
     from .checkpoint import CheckpointError
     from .data import DataError
+    from .pretrain import PretrainError
     from .train import TrainingError
 
     args = build_parser().parse_args(argv)
@@ -338,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         code = args.func(args)
         finished = True
         return code
-    except (AudioError, CheckpointError, DataError, TrainingError, ValueError) as e:
+    except (AudioError, CheckpointError, DataError, PretrainError, TrainingError, ValueError) as e:
         print(f"audiovit: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # an --out that is a file, a folder that cannot be written, a full disk

@@ -253,7 +253,8 @@ class ViT(nn.Module):
         self.blocks = nn.ModuleList(Block(D, cfg.n_heads, cfg.mlp_ratio, r) for r in rates)
         self.norm = nn.LayerNorm(D, eps=1e-6)
         self.head_drop = nn.Dropout(cfg.head_dropout)
-        self.head = nn.Linear(D, cfg.n_classes)
+        # a backbone (no classes: pretrain.py) returns the pooled embedding (B, D)
+        self.head = nn.Linear(D, cfg.n_classes) if cfg.n_classes else nn.Identity()
         self.apply(_init_weights)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
 
@@ -277,7 +278,7 @@ class ViT(nn.Module):
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        """Tokens (B, 1 + N, D) → logits (B, C)."""
+        """Tokens (B, 1 + N, D) → logits (B, C) (a backbone: the pooled embedding (B, D))."""
         x = x[:, 0] if self.cfg.pool == "cls" else x[:, 1:].mean(dim=1)
         return self.head(self.head_drop(x))
 
