@@ -133,3 +133,25 @@ def test_train_from_a_model_records_its_lineage(trained, tmp_path):
             "--preset", "small", check=False)  # fmt: skip
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     assert "width is 192, this run's 384" in r.stderr
+
+
+def test_a_dinov2_checkpoint_loads_with_its_layer_scale_folded_and_its_patches_resized():
+    """ViT-S/14 in timm's DINOv2 layout: 14×14 patches, a 37×37 grid, LayerScale per branch."""
+    state = imagenet_state(width=64, heads=4, layers=2, patch=14, side=37)
+    for b in range(2):
+        state[f"blocks.{b}.ls1.gamma"] = torch.rand(64) + 0.5
+        state[f"blocks.{b}.ls2.gamma"] = torch.rand(64) + 0.5
+    model = ViT(small())
+    missing = load_timm_weights(model, state)
+    assert set(missing) == {"head.weight", "head.bias"}
+    assert model.patch_embed.proj.weight.shape == (64, 1, 16, 16)
+    g = state["blocks.1.ls2.gamma"]
+    torch.testing.assert_close(
+        model.blocks[1].mlp.fc2.weight, state["blocks.1.mlp.fc2.weight"] * g[:, None]
+    )
+    torch.testing.assert_close(model.blocks[1].mlp.fc2.bias, state["blocks.1.mlp.fc2.bias"] * g)
+    x = torch.randn(3, 64)  # the folded branch equals the scaled one
+    branch = torch.nn.functional.linear(
+        x, state["blocks.0.attn.proj.weight"], state["blocks.0.attn.proj.bias"]
+    )
+    torch.testing.assert_close(model.blocks[0].attn.proj(x), branch * state["blocks.0.ls1.gamma"])

@@ -72,9 +72,10 @@ def read_state_dict(path: str | os.PathLike) -> dict:
 
 
 def load_timm_weights(model: ViT, state: dict[str, torch.Tensor]) -> list[str]:
-    """Start ``model`` from an ImageNet ViT/DeiT state dict in timm's layout, as AST did.
+    """Start ``model`` from an ImageNet ViT/DeiT/DINOv2 state dict in timm's layout, as AST did.
 
-    The RGB patch kernels are summed into one channel (and resized if the patch size differs),
+    The RGB patch kernels are summed into one channel (and resized if the patch size differs:
+    DINOv2's 14 → 16), DINOv2's LayerScale is folded into the layers it scales,
     the position embedding is resampled to the spectrogram's patch grid, a DeiT distillation
     token is averaged into the class token, and the classifier head is left untouched.
     Returns the names of the model's parameters that the checkpoint did not provide.
@@ -89,6 +90,7 @@ def load_timm_weights(model: ViT, state: dict[str, torch.Tensor]) -> list[str]:
             f"checkpoint width {state['cls_token'].shape[-1]} differs from the model's "
             f"{model.cfg.width}: pick the preset that matches it"
         )
+    state = _fold_layer_scale(state)
     if model.cfg.stem == "conv":  # a timm ViT's patch embedding has no counterpart in the stem
         state = {k: v for k, v in state.items() if not k.startswith("patch_embed.")}
     w = state.get("patch_embed.proj.weight")
@@ -198,3 +200,17 @@ def _load_audiovit(model: ViT, path: str | os.PathLike, labels: list[str]) -> St
         data=(meta.get("data") or {}).get("counts"),
         start=meta.get("start"),
     )
+
+
+def _fold_layer_scale(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """DINOv2's LayerScale (``blocks.N.ls1.gamma``, ``ls2.gamma``: a per-channel factor on the
+    attention and MLP branches) folded into the output projections it follows:
+    γ ⊙ (W x + b) = (γ W) x + γ b, exactly; our blocks have no LayerScale."""
+    state = dict(state)
+    for key in [k for k in state if k.endswith((".ls1.gamma", ".ls2.gamma"))]:
+        block, ls = key.rsplit(".", 2)[0], key.rsplit(".", 2)[1]
+        layer = f"{block}.attn.proj" if ls == "ls1" else f"{block}.mlp.fc2"
+        gamma = state.pop(key).float()
+        state[f"{layer}.weight"] = state[f"{layer}.weight"].float() * gamma[:, None]
+        state[f"{layer}.bias"] = state[f"{layer}.bias"].float() * gamma
+    return state
