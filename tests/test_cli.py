@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from helpers import fast_flags, run, sine
 
@@ -178,3 +179,36 @@ def test_run_report_is_self_contained(trained):
     assert "http://" not in page and "https://" not in page  # opens offline
     preds = list(csv.DictReader(open(trained / "predictions.csv")))
     assert len(preds) == json.loads((trained / "metrics.json").read_text())["n"]
+
+
+def test_wrong_devices_models_ports_and_inputs_end_in_one_line(trained, tmp_path):
+    import socket
+
+    def one_line(r, *names):
+        return (r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+                and all(n in r.stderr for n in names))  # fmt: skip
+
+    wav = tmp_path / "a.wav"
+    sf.write(wav, sine(1.0), 16000)
+    model = trained / "model.pt"
+    if not torch.cuda.is_available():
+        r = run("predict", model, wav, "--device", "cuda", check=False)
+        assert one_line(r, "CUDA is not available", "--device cpu"), r.stderr
+    r = run("predict", model, wav, "--device", "tpu9", check=False)
+    assert one_line(r, "'tpu9' is not a device"), r.stderr
+    (tmp_path / "notes.txt").write_text("not a model")
+    r = run("predict", tmp_path / "notes.txt", wav, check=False)
+    assert one_line(r, "notes.txt: not an audiovit model file"), r.stderr
+    (tmp_path / "empty").mkdir()
+    r = run("predict", model, tmp_path / "empty", check=False)
+    assert one_line(r, "no audio files in", "empty"), r.stderr
+    (tmp_path / "g.onnx").write_bytes(b"\x08\x07onnx")
+    r = run("explain", tmp_path / "g.onnx", wav, "--out", tmp_path / "x.png", check=False)
+    assert one_line(r, "g.onnx: explain needs the model file"), r.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = run("serve", model, "--port", port, check=False)
+    assert one_line(r, f"cannot serve on 127.0.0.1:{port}", "--port"), r.stderr
+    assert "serving" not in r.stdout

@@ -136,3 +136,45 @@ def test_split_properties(labels, groups, seed):
         majority.setdefault(it.group, Counter())[it.label] += 1
     for lb in {c.most_common(1)[0][0] for c in majority.values()}:
         assert lb in train_labels  # every class keeps training data
+
+
+def _speakers(root: Path, speakers: list[str], digits="0123", takes=3) -> Path:
+    for digit in digits:
+        (root / digit).mkdir(parents=True, exist_ok=True)
+        for spk in speakers:
+            for take in range(takes):
+                (root / digit / f"{digit}_{spk}_{take}.wav").write_bytes(b"x")
+    return root
+
+
+def test_a_group_pattern_that_groups_nothing_or_everything_is_refused(tmp_path):
+    ds = data.load_dataset(_speakers(tmp_path / "d", ["ann", "bob", "cy"]))
+    with pytest.raises(DataError, match=r"matches no file name \(e.g. '0_ann_0.wav'\)"):
+        data.make_splits(ds, SplitOptions(group_pattern=r"^speaker-(\w+)"))
+    with pytest.raises(DataError, match=r"every file in one group \('.wav'\)"):
+        data.make_splits(ds, SplitOptions(group_pattern=r"(\.wav)$"))
+
+
+def test_too_few_groups_for_a_test_split_is_refused_with_the_numbers(tmp_path):
+    ds = data.load_dataset(_speakers(tmp_path / "d", ["ann", "bob", "cy", "dee", "eve"], "0"))
+    opts = SplitOptions(group_pattern=r"^\d+_([a-z]+)_")
+    with pytest.raises(DataError, match="test split is empty: 5 groups of 1 classes .* 0.1"):
+        data.make_splits(ds, opts)
+    s = data.make_splits(ds, SplitOptions(group_pattern=opts.group_pattern, test_frac=0.2))
+    assert len({it.group for it in s.test}) == 1
+    assert not data.make_splits(
+        ds, SplitOptions(group_pattern=opts.group_pattern, test_frac=0)
+    ).test
+
+
+def test_a_test_split_with_few_clips_per_class_is_flagged(tmp_path):
+    ds = data.load_dataset(_touch_dataset(tmp_path / "d", {"a": 10, "b": 10, "c": 60}))
+    s = data.make_splits(ds, SplitOptions(seed=0))
+    assert any("fewer than 5 clips of 2 class(es) (a, b)" in n for n in s.notes), s.notes
+    assert "fewer than 5" in data.summary(ds.labels, s)
+
+
+def test_a_test_fold_on_a_dataset_without_folds_says_so(tmp_path):
+    ds = data.load_dataset(_touch_dataset(tmp_path / "d", {"a": 4, "b": 4}))
+    with pytest.raises(DataError, match="--test-fold 1: this dataset has no folds"):
+        data.make_splits(ds, SplitOptions(test_fold="1"))

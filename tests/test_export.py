@@ -54,3 +54,25 @@ def test_a_broken_onnx_pair_is_named_in_one_line(tmp_path):
                                 "model_config": {"n_frames": 16, "n_mels": 16}}))  # fmt: skip
     with pytest.raises(CheckpointError, match="m.onnx: not a loadable ONNX model"):
         load_onnx(onnx_file)
+
+
+def test_an_onnx_file_is_run_by_onnxruntime_whatever_the_backend_flag(
+    trained, synth_root, tmp_path
+):
+    export_onnx(trained / "model.pt", tmp_path / "m.onnx")
+    path = sorted((synth_root / "chirp").glob("*.wav"))[0]
+    r = run("predict", tmp_path / "m.onnx", path, "--json")  # no --backend onnx
+    assert json.loads(r.stdout)["label"] == load_onnx(tmp_path / "m.onnx").predict(path).label
+
+
+def test_export_without_onnx_names_the_extra(trained, tmp_path, monkeypatch):
+    import importlib.util
+
+    from audiovit.checkpoint import CheckpointError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else real(name, *a)
+    )
+    with pytest.raises(CheckpointError, match=r"pip install 'audiovit\[onnx\]'"):
+        export_onnx(trained / "model.pt", tmp_path / "m.onnx")

@@ -343,6 +343,9 @@ def test_bad_files_are_skipped_and_empty_classes_refused(synth_root, tmp_path):
     ds, splits = _splits(root)
     train(ds, splits, cfg, tmp_path / "run", log=lines.append)
     assert any("broken.wav" in ln and ln.startswith("skipped") for ln in lines)
+    assert any("never reaches its peak" in ln for ln in lines)  # 1 warm-up epoch of 1
+    n_test = len(splits.test) - sum(it.path.name == "broken.wav" for it in splits.test)
+    assert any(ln.startswith("clips used:") and f"test {n_test}" in ln for ln in lines)
     for f in (root / "chirp").glob("*.wav"):
         f.write_bytes(b"garbage")
     ds, splits = _splits(root)
@@ -447,3 +450,22 @@ def test_amp_off_scores_validation_and_test_in_fp32_too(synth_root, tmp_path, mo
     cfg = TrainConfig(**{**FAST, "epochs": 1, "amp": False}, cache_dir=str(tmp_path / "c"))
     train(ds, splits, cfg, tmp_path / "run", log=lambda *a: None)
     assert len(scoring_dtypes) == 2 and scoring_dtypes == [None, None]  # validation, then test
+
+
+def test_a_finished_run_is_not_overwritten_and_one_class_is_refused_before_any_work(
+    trained, synth_root, tmp_path
+):
+    ds, splits = _splits(synth_root)
+    cfg = TrainConfig(**FAST, cache_dir=str(tmp_path / "c"))
+    before = (trained / "model.pt").stat().st_mtime_ns
+    with pytest.raises(TrainingError, match="holds a finished run .* --overwrite replaces it"):
+        train(ds, splits, cfg, trained, log=lambda *a: None)
+    assert (trained / "model.pt").stat().st_mtime_ns == before
+    no_valid = data.Splits(train=splits.train, valid=[], test=splits.test)
+    with pytest.raises(TrainingError, match="validation split is empty"):  # past the check
+        train(ds, no_valid, cfg, tmp_path / "copy", log=lambda *a: None, overwrite=True)
+    one = data.Splits(train=[it for it in splits.train if it.label == "tone"], valid=splits.valid,
+                      test=splits.test)  # fmt: skip
+    with pytest.raises(data.DataError, match=r"1 class\(es\) \(tone\): a classifier needs two"):
+        train(ds, one, cfg, tmp_path / "one", log=lambda *a: None)
+    assert not (tmp_path / "one").exists()

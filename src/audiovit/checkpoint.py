@@ -51,6 +51,11 @@ def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu")
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such model file")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic[:2] != b"PK" and magic[:1] != b"\x80":  # neither torch's zip nor a legacy pickle
+        kind = " (an ONNX graph: use it with --backend onnx)" if path.suffix == ".onnx" else ""
+        raise CheckpointError(f"{path}: not an audiovit model file{kind}")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # pickle.UnpicklingError for crafted files, RuntimeError for torn ones

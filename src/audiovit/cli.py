@@ -72,8 +72,8 @@ def cmd_train(args) -> int:
     for note in ds.notes:
         print(f"note: {note}")
     print(data.summary(ds.labels, splits) + "\n")
-    train(ds, splits, cfg, args.out, resume=args.resume)
-    print(f"\nwrote {args.out}/model.pt, metrics.json, log.jsonl, confusion.png")
+    train(ds, splits, cfg, args.out, resume=args.resume, overwrite=args.overwrite)
+    print(f"\nwrote {args.out}/model.pt and report.html (metrics, plots, predictions.csv)")
     return 0
 
 
@@ -102,13 +102,14 @@ def cmd_pretrain(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from . import evaluate, plots
+    from .data import load_dataset
     from .features import FeatureCache, default_cache_dir
     from .inference import load_model
 
     clf = load_model(args.model, device=args.device)
-    ds, splits = _splits(args)
+    ds = load_dataset(args.data)
     split_given = any([args.test_fold, args.split_lists]) or any(it.split for it in ds.items)
-    items = splits.test if split_given else ds.items
+    items = _splits(args)[1].test if split_given else ds.items  # else every file
     if not items:
         raise SystemExit("audiovit: error: the test split is empty")
     cache = FeatureCache(args.cache_dir or default_cache_dir(), clf.logmel)
@@ -132,17 +133,15 @@ def cmd_predict(args) -> int:
     from . import distributed, plots
     from .audio import AudioError
     from .device import resolve_device
-    from .inference import find_audio_files, load_model, predict_files
+    from .inference import find_audio_files, predict_files
     from .prediction import ResultWriter
 
-    if args.backend == "onnx":
-        from .export import load_onnx
-
-        distributed.setup(resolve_device("cpu"))
-        clf = load_onnx(args.model)
-    else:
-        clf = load_model(args.model, device=distributed.setup(resolve_device(args.device)))
+    onnx = args.backend == "onnx" or args.model.suffix.lower() == ".onnx"
+    device = distributed.setup(resolve_device("cpu" if onnx else args.device))
+    clf = _load(args.model, device, onnx)
     paths = find_audio_files(args.paths)
+    if not paths:
+        raise ValueError(f"no audio files in {', '.join(map(str, args.paths))}")
     if (args.plot or args.timeline_out) and len(paths) != 1:
         raise ValueError("--plot and --timeline-out take exactly one input file")
     results, failed = ResultWriter(args.out), 0
@@ -180,6 +179,11 @@ def cmd_explain(args) -> int:
     from .explain import saliency
     from .inference import load_model
 
+    if args.model.suffix.lower() == ".onnx":
+        raise ValueError(
+            f"{args.model}: explain needs the model file (model.pt), whose "
+            "gradients an ONNX graph does not keep"
+        )
     clf = load_model(args.model, device=args.device)
     pred, db, sal, seconds = saliency(clf, args.file, max_seconds=args.max_seconds)
     plots.explanation(db, sal, pred, seconds, args.out)
@@ -195,20 +199,28 @@ def cmd_demo(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from .inference import load_model
-    from .serve import ServeConfig, serve
+    from .device import resolve_device
+    from .serve import ServeConfig, check_port, serve
 
-    clf = load_model(args.model, device=args.device)
-    cfg = ServeConfig(
-        **{
-            f.name: getattr(args, f.name)
-            for f in dataclasses.fields(ServeConfig)
-            if hasattr(args, f.name)
-        }
-    )
+    fields = dataclasses.fields(ServeConfig)
+    cfg = ServeConfig(**{f.name: getattr(args, f.name) for f in fields if hasattr(args, f.name)})
+    check_port(cfg.host, cfg.port)
+    onnx = args.model.suffix.lower() == ".onnx"
+    clf = _load(args.model, resolve_device("cpu" if onnx else args.device), onnx)
     print(f"serving {args.model} on http://{cfg.host}:{cfg.port}/ (Ctrl-C to stop)", flush=True)
     serve(clf, cfg, name=args.model.parent.name or args.model.stem)
     return 0
+
+
+def _load(model: Path, device, onnx: bool):
+    """A Classifier from a model file, or from an exported .onnx graph (onnxruntime, CPU)."""
+    if onnx:
+        from .export import load_onnx
+
+        return load_onnx(model)
+    from .inference import load_model
+
+    return load_model(model, device=device)
 
 
 def cmd_info(args) -> int:
@@ -236,6 +248,7 @@ def _train_parser(sub) -> None:
     )
     p.add_argument("--out", type=Path, required=True, help="run folder to write")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     _add_split_flags(p)
     _add_config_flags(p, TrainConfig)
     p.set_defaults(func=cmd_train)
@@ -249,8 +262,12 @@ def _pretrain_parser(sub) -> None:
         help="pretrain a backbone by masked-spectrogram modelling on procedural audio and your "
         "own unlabelled recordings",
     )
-    p.add_argument("data", nargs="*", type=Path,
-                   help="folders (walked for audio) or manifests; labels are ignored")  # fmt: skip
+    p.add_argument(
+        "data",
+        nargs="*",
+        type=Path,
+        help="folders (walked for audio) or manifests; labels are ignored",
+    )
     p.add_argument("--out", type=Path, required=True, help="folder for backbone.pt, last.pt")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     _add_config_flags(p, PretrainConfig)

@@ -17,6 +17,7 @@ from pathlib import Path
 from .audio import is_audio_path
 
 SPLITS = ("train", "valid", "test")
+MIN_TEST_PER_CLASS = 5  # fewer test clips of a class, and its figures are too coarse to trust
 
 
 class DataError(Exception):
@@ -127,6 +128,11 @@ def make_splits(ds: Dataset, opts: SplitOptions) -> Splits:
         folds = {it.fold for it in items}
         for name, fold in (("test", opts.test_fold), ("valid", opts.valid_fold)):
             if fold is not None and fold not in folds:
+                if folds == {None}:
+                    raise DataError(
+                        f"--{name}-fold {fold}: this dataset has no folds (a "
+                        "manifest's fold column gives them)"
+                    )
                 raise DataError(
                     f"{name} fold {fold!r} not found; folds are {sorted(map(str, folds))}"
                 )
@@ -152,9 +158,29 @@ def make_splits(ds: Dataset, opts: SplitOptions) -> Splits:
         fracs = {"valid": opts.valid_frac, "test": opts.test_frac}
         parts = stratified_group_split(items, fracs, opts.seed)
         train, valid, test, carved = parts["train"], parts["valid"], parts["test"], True
+        if not test and opts.test_frac > 0:
+            raise DataError(_empty_test(items, opts.test_frac))
     splits = Splits(train=train, valid=valid, test=test, notes=notes, carved=carved)
     _check_groups(splits)
+    few = sorted(lb for lb, n in Counter(it.label for it in test).items() if n < MIN_TEST_PER_CLASS)
+    if few:
+        splits.notes.append(
+            f"the test split holds fewer than {MIN_TEST_PER_CLASS} clips of {len(few)} class(es) "
+            f"({', '.join(few[:5])}{', ...' if len(few) > 5 else ''}): each of their clips moves "
+            "that class's recall by 20 points or more"
+        )
     return splits
+
+
+def _empty_test(items: list[Item], test_frac: float) -> str:
+    """Why the automatic split left no test clip, with the numbers and the ways out."""
+    n_groups = len({it.group if it.group is not None else it.path for it in items})
+    unit = "groups" if any(it.group is not None for it in items) else "files"
+    return (
+        f"the test split is empty: {n_groups} {unit} of {len({it.label for it in items})} "
+        f"classes are too few for --test-frac {test_frac:g}; give more data, a larger "
+        "--test-frac, a --test-fold, or --test-frac 0 to train without a test split"
+    )
 
 
 def _apply_group_pattern(items: list[Item], pattern: str) -> list[Item]:
@@ -164,10 +190,23 @@ def _apply_group_pattern(items: list[Item], pattern: str) -> list[Item]:
         raise DataError(f"--group-pattern {pattern!r} is not a valid regex ({e})") from None
     if rx.groups < 1:
         raise DataError(f"--group-pattern {pattern!r} needs a capture group, e.g. '^(\\w+)_'")
-    out = []
+    out, matched = [], 0
     for it in items:
         m = rx.search(it.path.name)
+        matched += m is not None
         out.append(replace(it, group=m.group(1) if m else it.path.name))
+    example = items[0].path.name if items else ""
+    if items and not matched:
+        raise DataError(
+            f"--group-pattern {pattern!r} matches no file name (e.g. {example!r}): "
+            "files would be split one by one and groups would leak"
+        )
+    groups = {it.group for it in out}
+    if len(groups) == 1:
+        raise DataError(
+            f"--group-pattern {pattern!r} puts every file in one group "
+            f"({groups.pop()!r}): no split can keep groups apart"
+        )
     return out
 
 

@@ -24,7 +24,7 @@ def run_demo(
     log(f"synthesised {len(ds.items)} clips of {len(ds.labels)} classes in {root}\n")
     log(data.summary(ds.labels, splits) + "\n")
     cfg = TrainConfig(**{**DEMO_CONFIG, "seed": seed, "cache_dir": str(out / "cache"), **overrides})
-    metrics = train(ds, splits, cfg, out, log=log)
+    metrics = train(ds, splits, cfg, out, log=log, overwrite=True)  # the demo's own folder
     clf = load_model(out / "model.pt", device=cfg.device)
     log("\nheld-out files:")
     for it in splits.test[:: max(1, len(splits.test) // 6)][:6]:

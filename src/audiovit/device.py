@@ -9,12 +9,24 @@ import torch
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` → CUDA when present, else CPU; anything else is passed to torch.device."""
-    if isinstance(device, torch.device):
-        return device
+    """``auto`` → CUDA when present, else CPU; anything else names a device that must exist
+    (ValueError in one line otherwise)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"device {device!r} is not a device (auto, cpu, cuda, cuda:1, ...)"
+        ) from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            why = "this torch is a CPU build" if torch.version.cuda is None else "no GPU is visible"
+            raise ValueError(f"device {device!r}: CUDA is not available ({why}); use --device cpu")
+        if dev.index is not None and dev.index >= n:
+            raise ValueError(f"device {device!r}: this machine has {n} CUDA device(s)")
+    return dev
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:

@@ -7,6 +7,7 @@ as ``<name>.json``, so the exported pair is as self-describing as the model file
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import warnings
@@ -26,6 +27,10 @@ FORMAT = "audiovit-onnx/1"
 def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike, *, opset: int = 17) -> Path:
     """Write ``out`` (.onnx) and ``out`` with .json (labels, feature and model settings)."""
     out = Path(out)
+    if importlib.util.find_spec("onnx") is None:
+        raise checkpoint.CheckpointError(
+            "export needs the onnx package: pip install 'audiovit[onnx]' (onnx and onnxruntime)"
+        )
     model, fcfg, labels, meta = checkpoint.load_model(model_path, "cpu")
     example = torch.randn(2, model.cfg.n_mels, model.cfg.n_frames) * 20 - 50
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -53,8 +53,9 @@ class PretrainConfig:
     n_mels: int = same_as(FeatureConfig, "n_mels")
     fmax: float | None = same_as(FeatureConfig, "fmax")
     crop_s: float = option(3.0, "crop length in seconds (rounded up to whole patches)", low=0.16)
-    mask_ratio: float = option(0.75, "share of the patches hidden from the encoder", low=0.05,
-                               high=0.95)  # fmt: skip
+    mask_ratio: float = option(
+        0.75, "share of the patches hidden from the encoder", low=0.05, high=0.95
+    )
     steps: int = option(2000, "optimiser steps", low=1)
     batch_size: int = option(64, "crops per step", low=2)
     lr: float = option(5e-4, "peak AdamW learning rate", low=1e-12)
@@ -64,8 +65,9 @@ class PretrainConfig:
     decoder_depth: int = option(2, "the decoder's transformer layers", low=1)
     synthetic: float = option(1.0, "weight of procedural audio among the crops", low=0)
     data_weight: float = option(1.0, "weight of the given recordings among the crops", low=0)
-    bank: int = option(256, "procedural clips held at once; crops and mixes are drawn from "
-                       "them", low=2)  # fmt: skip
+    bank: int = option(
+        256, "procedural clips held at once; crops and mixes are drawn from them", low=2
+    )
     refresh: int = option(2, "procedural clips replaced by new ones each step", low=0)
     save_every: int = option(200, "steps between saves of last.pt and the backbone", low=1)
     seed: int = option(0, "seeds the model, the audio, the crops and the masks")
@@ -77,8 +79,10 @@ class PretrainConfig:
         check(self)
         self.model_config()
         if self.n_mels % PATCH:
-            raise ValueError(f"n_mels ({self.n_mels}) must be a multiple of {PATCH} to pretrain "
-                             "(the masks hide whole patches)")  # fmt: skip
+            raise ValueError(
+                f"n_mels ({self.n_mels}) must be a multiple of {PATCH} to pretrain "
+                "(the masks hide whole patches)"
+            )
         if self.synthetic == 0 and self.data_weight == 0:
             raise ValueError("synthetic and data_weight are both 0: nothing to pretrain on")
 
@@ -87,9 +91,17 @@ class PretrainConfig:
 
     def model_config(self, n_frames: int = PATCH) -> ModelConfig:
         """The backbone: no classes, non-overlapping patches (the masks hide whole ones)."""
-        mcfg = ModelConfig.from_preset(self.preset, n_classes=0, n_mels=self.n_mels,
-                                       n_frames=n_frames, patch_stride=PATCH, pool=self.pool,
-                                       norm=self.norm, stem=self.stem, drop_path=0.0)  # fmt: skip
+        mcfg = ModelConfig.from_preset(
+            self.preset,
+            n_classes=0,
+            n_mels=self.n_mels,
+            n_frames=n_frames,
+            patch_stride=PATCH,
+            pool=self.pool,
+            norm=self.norm,
+            stem=self.stem,
+            drop_path=0.0,
+        )
         return mcfg if self.depth is None else replace(mcfg, n_layers=self.depth)
 
     def n_frames(self) -> int:
@@ -295,8 +307,7 @@ def _describe(mae: MaskedAutoencoder, cfg, window_s: float, share: float, device
 class _Crops:
     """Where a step's crops come from: the procedural bank and the recordings, by weight."""
 
-    def __init__(self, cfg: PretrainConfig, logmel: LogMel, sources, n_frames: int, step: int,
-                 log):  # fmt: skip
+    def __init__(self, cfg: PretrainConfig, logmel: LogMel, sources, n_frames: int, step: int, log):
         self.cfg, self.n_frames = cfg, n_frames
         self.recordings: list[np.ndarray] = []
         if sources and cfg.data_weight > 0:
@@ -328,14 +339,25 @@ def _save(
     out: Path, cfg, mae: MaskedAutoencoder, opt, step: int, records, wall_s: float, fcfg
 ) -> None:
     """backbone.pt (the encoder as a model file with no classes) and last.pt (everything)."""
-    meta = {"pretrain": asdict(cfg), "steps": step, "crops": step * cfg.batch_size,
-            "wall_s": round(wall_s, 1), "loss": records[-1]["loss"]}  # fmt: skip
+    meta = {
+        "pretrain": asdict(cfg),
+        "steps": step,
+        "crops": step * cfg.batch_size,
+        "wall_s": round(wall_s, 1),
+        "loss": records[-1]["loss"],
+    }
     checkpoint.save_model(out / "backbone.pt", mae.encoder, fcfg, [], meta)
     checkpoint.atomic_save(
-        {"mae": mae.state_dict(), "optimizer": opt.state_dict(), "pretrain_config": asdict(cfg),
-         "step": step, "log": records, "wall_s": wall_s},
+        {
+            "mae": mae.state_dict(),
+            "optimizer": opt.state_dict(),
+            "pretrain_config": asdict(cfg),
+            "step": step,
+            "log": records,
+            "wall_s": wall_s,
+        },
         out / "last.pt",
-    )  # fmt: skip
+    )
     (out / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
 

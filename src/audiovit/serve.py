@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import tempfile
 from dataclasses import dataclass
 from importlib import resources
@@ -155,6 +156,18 @@ def _predict_bytes(
         "seconds_per_column": seconds_per_column,
     }
     return out
+
+
+def check_port(host: str, port: int) -> None:
+    """ValueError in one line if ``host``:``port`` cannot be listened on (in use, or not ours)."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+    except OSError as e:
+        raise ValueError(
+            f"cannot serve on {host}:{port} ({e.strerror or e}): choose another --port or --host"
+        ) from None
 
 
 def serve(clf: Classifier, cfg: ServeConfig, name: str = "model") -> None:

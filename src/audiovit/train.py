@@ -159,6 +159,7 @@ def train(
     out: str | Path,
     resume: bool = False,
     log=print,
+    overwrite: bool = False,
 ) -> dict:
     """Train on ``splits``, write the run folder ``out`` and return the final metrics.
 
@@ -166,10 +167,11 @@ def train(
     last.pt (for ``resume``), best.pt where the last epoch is kept (the best on validation;
     none where ``keep="auto"`` trained on a carve too small to choose an epoch), log.jsonl,
     metrics.json (test split, else validation) and the plots; with ``cfg.teacher``, the
-    teacher's own run folder as ``out``/teacher.
+    teacher's own run folder as ``out``/teacher. A finished run in ``out`` is refused unless
+    ``resume`` (continue it) or ``overwrite`` (replace it).
     """
     out = Path(out)
-    resuming = _prepare_folder(out, cfg, resume)
+    resuming = _prepare_folder(out, cfg, splits, resume, overwrite)
     device = distributed.setup(resolve_device(cfg.device))
     if cfg.batch_size % distributed.world_size():
         raise TrainingError(
@@ -180,6 +182,16 @@ def train(
     fcfg = cfg.feature_config()
     prep, labels, skipped = _features(splits, cfg, fcfg, log)
     keep = _keep_rule_for(cfg, splits, prep, labels, log)
+    log(
+        f"clips used: train {len(prep['train'].feats)}, valid {len(prep['valid'].feats)}, "
+        f"test {len(prep['test'].feats)}"
+    )
+    if cfg.warmup_epochs >= cfg.epochs:
+        log(
+            f"note: the warm-up ({cfg.warmup_epochs:g} epochs) is not shorter than the run "
+            f"({cfg.epochs}): the learning rate never reaches its peak {cfg.lr:g}; lower "
+            "--warmup-epochs"
+        )
     teacher = _train_teacher(ds, splits, cfg, out, resume, device, log) if cfg.teacher else None
     n_frames, repeats, balanced = _crops(prep["train"], cfg, fcfg)
     model = build_model(cfg, len(labels), n_frames)
@@ -214,9 +226,23 @@ def train(
     )
 
 
-def _prepare_folder(out: Path, cfg: TrainConfig, resume: bool) -> bool:
-    """Check the start, create ``out``; returns whether there is a run to resume."""
+def _prepare_folder(
+    out: Path, cfg: TrainConfig, splits: data.Splits, resume: bool, overwrite: bool
+) -> bool:
+    """Check what can be checked before any work, create ``out``; returns whether there is a
+    run to resume."""
+    classes = sorted({it.label for it in splits.train})
+    if len(classes) < 2:
+        raise data.DataError(
+            f"the training split holds {len(classes)} class(es) "
+            f"({', '.join(classes) or 'none'}): a classifier needs two or more"
+        )
     resuming = resume and (out / "last.pt").exists()
+    if (out / "model.pt").exists() and not (resume or overwrite):
+        raise TrainingError(
+            f"{out} holds a finished run (model.pt): --resume continues it, "
+            "--overwrite replaces it, or choose another --out"
+        )
     if cfg.init and not resuming and not Path(cfg.init).is_file():
         raise TrainingError(f"--init {cfg.init}: no such file")
     out.mkdir(parents=True, exist_ok=True)
@@ -402,7 +428,15 @@ def _train_teacher(ds, splits, cfg: TrainConfig, out: Path, resume: bool, device
     tcfg = replace(cfg, preset=cfg.teacher, teacher=None, depth=None)  # the preset as named
     tout = out / "teacher"
     log(f"distillation: training the teacher ({cfg.teacher}) first, into {tout}")
-    m = train(ds, splits, tcfg, tout, resume=resume and (tout / "last.pt").exists(), log=log)
+    m = train(
+        ds,
+        splits,
+        tcfg,
+        tout,
+        resume=resume and (tout / "last.pt").exists(),
+        log=log,
+        overwrite=True,
+    )
     log(f"teacher: {m['split']} accuracy {m['accuracy']:.3f}; now the student")
     teacher, *_ = checkpoint.load_model(tout / "model.pt", device)
     return teacher.requires_grad_(False)
