@@ -48,7 +48,7 @@ def test_train_on_manifest_with_folds_then_evaluate_and_info(synth_root, tmp_pat
         tmp_path / "ev",
     )
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["accuracy"] == m["accuracy"]
-    info = json.loads(run("info", out / "model.pt").stdout)
+    info = json.loads(run("info", out / "model.pt", "--json").stdout)
     assert info["labels"] == m["labels"] and info["n_parameters"] > 1e6
     assert info["meta"]["metrics"]["accuracy"] == m["accuracy"]
 
@@ -139,7 +139,7 @@ def test_timeline_outputs_plot_and_explanation(trained, tmp_path):
         0.25,
     )
     rows = list(csv.DictReader(open(tmp_path / "t.csv")))
-    labels = json.loads(run("info", model).stdout)["labels"]
+    labels = json.loads(run("info", model, "--json").stdout)["labels"]
     assert len(rows) >= 20 and set(rows[0]) == {"start_s", "end_s", "label", "score", *labels}
     assert float(rows[-1]["end_s"]) == pytest.approx(6.0, abs=0.01)
     run("predict", model, tmp_path / "mix.wav", "--timeline-out", tmp_path / "t.json")
@@ -212,3 +212,26 @@ def test_wrong_devices_models_ports_and_inputs_end_in_one_line(trained, tmp_path
         r = run("serve", model, "--port", port, check=False)
     assert one_line(r, f"cannot serve on 127.0.0.1:{port}", "--port"), r.stderr
     assert "serving" not in r.stdout
+
+
+def test_one_top_k_default_a_list_of_files_and_checked_timeline_names(
+    trained, synth_root, tmp_path
+):
+    import audiovit
+    from audiovit.prediction import TOP_K
+    from audiovit.serve import ServeConfig
+
+    clf = audiovit.load_model(trained / "model.pt", device="cpu")
+    files = sorted((synth_root / "tone").glob("*.wav"))[:2]
+    preds = clf.predict(files)
+    assert [p.path for p in preds] == list(map(str, files))
+    assert len(preds[0].top_k) == min(TOP_K, len(clf.labels)) == 4
+    assert ServeConfig().top_k == TOP_K
+    with pytest.raises(ValueError, match="top_k must be 1 or more"):
+        clf.predict(files[0], top_k=0)
+    r = run("predict", trained / "model.pt", files[0], "--json")
+    assert len(json.loads(r.stdout)["top_k"]) == 4
+    r = run(
+        "predict", trained / "model.pt", files[0], "--timeline-out", tmp_path / "t.txt", check=False
+    )
+    assert r.returncode == 2 and "name a .csv or a .json file" in r.stderr

@@ -118,7 +118,7 @@ def test_pretrain_on_recordings_from_the_command_line(synth_root, tmp_path):
     flags = ["--depth", 1, "--crop-s", 0.5, "--batch-size", 8, "--steps", 3, "--no-amp"]
     r = run("pretrain", synth_root, "--out", out, "--synthetic", 0, *flags)
     assert "recordings: 160 files" in r.stdout and "0% procedural audio" in r.stdout
-    info = json.loads(run("info", out / "backbone.pt").stdout)
+    info = json.loads(run("info", out / "backbone.pt", "--json").stdout)
     assert info["labels"] == [] and info["meta"]["pretrain"]["synthetic"] == 0
     r = run("pretrain", tmp_path / "nowhere", "--out", out, "--synthetic", 0, *flags, check=False)
     assert r.returncode == 2 and "nowhere: not a folder nor a .csv manifest" in r.stderr

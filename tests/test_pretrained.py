@@ -124,11 +124,14 @@ def test_train_from_a_model_records_its_lineage(trained, tmp_path):
     r = run("train", root, "--out", tmp_path / "run", "--init", trained / "model.pt", *flags)
     assert "from the start" in r.stdout and "--n-mels 32" in r.stdout
     assert "a new head (other classes)" in r.stdout and "resampled (pos_embed)" in r.stdout
-    info = json.loads(run("info", tmp_path / "run" / "model.pt").stdout)
+    info = json.loads(run("info", tmp_path / "run" / "model.pt", "--json").stdout)
     start = info["meta"]["start"]
     assert start["kind"] == "audiovit" and start["path"] == str(trained / "model.pt")
     assert start["labels"] == ["chirp", "click_train", "noise_bursts", "tone"]
     assert info["labels"] == ["am_tone", "chord", "fm_tone"]
+    summary = run("info", tmp_path / "run" / "model.pt").stdout
+    assert "classes (3): am_tone, chord, fm_tone" in summary
+    assert f"started from: {trained / 'model.pt'} (audiovit; 4 classes)" in summary
     r = run("train", root, "--out", tmp_path / "bad", "--init", trained / "model.pt",
             "--preset", "small", check=False)  # fmt: skip
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1

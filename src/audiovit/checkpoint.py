@@ -106,3 +106,41 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
         obj["labels"],
         obj["meta"],
     )
+
+
+def summary(path: str | os.PathLike, obj: dict) -> str:
+    """A model file in a few lines: architecture, classes, window, training data, metrics and
+    where its weights began (``audiovit info``; ``--json`` gives everything)."""
+    m, f, meta = obj["model_config"], obj["feature_config"], obj.get("meta") or {}
+    n_params = sum(v.numel() for v in obj["state_dict"].values()) / 1e6
+    arch = f"{m['n_layers']} layers" if m["n_layers"] else "no transformer layer"
+    lines = [
+        f"{path}: ViT {m['width']} wide, {arch}, {m['stem']} stem, {n_params:.2f} M parameters",
+        f"classes ({len(obj['labels'])}): {', '.join(obj['labels']) or 'none (a backbone)'}",
+        f"window: {m['n_frames'] * f['hop_length'] / f['sr']:.2f} s ({m['n_mels']} mel bands × "
+        f"{m['n_frames']} frames at {f['sr']} Hz)",
+    ]
+    counts = (meta.get("data") or {}).get("counts")
+    if counts:
+        n = {split: sum(c.values()) for split, c in counts.items()}
+        lines.append(
+            f"trained on: {n.get('train', 0)} train, {n.get('valid', 0)} valid, "
+            f"{n.get('test', 0)} test clips; epoch {meta.get('epoch', '?')}"
+        )
+    if "pretrain" in meta:
+        lines.append(
+            f"pretrained: {meta['steps']} steps, {meta['crops']} crops, "
+            f"{meta['wall_s']:.0f} s; last loss {meta['loss']:.4f}"
+        )
+    if meta.get("metrics"):
+        r = meta["metrics"]
+        lines.append(
+            f"metrics ({r['split']}, {r['n']} clips): accuracy {r['accuracy']:.3f}, "
+            f"balanced {r['balanced_accuracy']:.3f}, macro-F1 {r['macro_f1']:.3f}"
+        )
+    start, arrow = meta.get("start"), "started from"
+    while start:
+        classes = f"{len(start['labels'])} classes" if start.get("labels") else "no classes"
+        lines.append(f"{arrow}: {start['path']} ({start['kind']}; {classes})")
+        start, arrow = start.get("start"), "  which started from"
+    return "\n".join(lines)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from .config import help_text
+from .prediction import TOP_K
 from .version import __version__
 
 
@@ -142,6 +143,8 @@ def cmd_predict(args) -> int:
     paths = find_audio_files(args.paths)
     if not paths:
         raise ValueError(f"no audio files in {', '.join(map(str, args.paths))}")
+    if args.timeline_out and args.timeline_out.suffix.lower() not in (".csv", ".json"):
+        raise ValueError(f"--timeline-out {args.timeline_out}: name a .csv or a .json file")
     if (args.plot or args.timeline_out) and len(paths) != 1:
         raise ValueError("--plot and --timeline-out take exactly one input file")
     results, failed = ResultWriter(args.out), 0
@@ -224,9 +227,12 @@ def _load(model: Path, device, onnx: bool):
 
 
 def cmd_info(args) -> int:
-    from .checkpoint import read_model_file
+    from .checkpoint import read_model_file, summary
 
     obj = read_model_file(args.model)
+    if not args.json:
+        print(summary(args.model, obj))
+        return 0
     info = {k: obj.get(k) for k in ("format", "labels", "model_config", "feature_config", "meta")}
     info["n_parameters"] = int(sum(v.numel() for v in obj["state_dict"].values()))
     print(json.dumps(info, indent=2, ensure_ascii=False))
@@ -292,7 +298,9 @@ def _predict_parser(sub) -> None:
     p = sub.add_parser("predict", help="classify audio files or folders of any length")
     p.add_argument("model", type=Path, help="model file (model.pt), or .onnx with --backend onnx")
     p.add_argument("paths", nargs="+", help="files or folders (walked for audio files)")
-    p.add_argument("--top-k", type=int, default=3, help="classes listed per file")
+    p.add_argument(
+        "--top-k", type=int, default=TOP_K, help=f"classes listed per file (default: {TOP_K})"
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per input per line")
     timeline = (
         "also give the labels over time: runs of one label (text and JSON 'timeline') "
@@ -355,6 +363,7 @@ def _other_parsers(sub) -> None:
 
     p = sub.add_parser("info", help="labels, settings and metrics stored in a model file")
     p.add_argument("model", type=Path, help="model file (model.pt)")
+    p.add_argument("--json", action="store_true", help="everything the file holds but weights")
     p.set_defaults(func=cmd_info)
 
 

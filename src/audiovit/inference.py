@@ -19,7 +19,7 @@ from . import audio, checkpoint, distributed
 from .device import autocast_dtype, resolve_device
 from .features import SILENCE_DB, FeatureConfig, LogMel, stream_log_mel
 from .model import ViT
-from .prediction import Prediction, Window
+from .prediction import TOP_K, Prediction, Window
 from .progress import Progress
 
 
@@ -147,21 +147,27 @@ class Classifier:
 
     def predict(
         self,
-        source: str | os.PathLike | np.ndarray,
+        source: str | os.PathLike | np.ndarray | list[str | os.PathLike],
         *,
         sr: int | None = None,
-        top_k: int = 5,
+        top_k: int = TOP_K,
         hop_s: float | None = None,
         overview: int = 0,
         max_seconds: float | None = None,
-    ) -> Prediction:
-        """Classify a file (any length, any format audio.py reads) or a waveform.
+    ) -> Prediction | list[Prediction]:
+        """Classify a file (any length, any format audio.py reads) or a waveform; a list of
+        files gives a list of predictions.
 
         A waveform is (S,) or (S, C) samples and needs ``sr``. With ``overview`` > 0 the result
         also holds the log-mel averaged down to at most that many columns, for display. Audio
         longer than ``max_seconds`` raises TooLong as soon as the excess is decoded.
         Raises audio.AudioError for a file that cannot be decoded.
         """
+        if isinstance(source, (list, tuple)):
+            kw = dict(top_k=top_k, hop_s=hop_s, overview=overview, max_seconds=max_seconds)
+            return [self.predict(s, **kw) for s in source]
+        if top_k < 1:
+            raise ValueError(f"top_k must be 1 or more; got {top_k}")
         cfg = self.feature_cfg
         if isinstance(source, (str, os.PathLike)):
             path = str(source)

@@ -15,6 +15,8 @@ import numpy as np
 
 from . import distributed
 
+TOP_K = 5  # classes a prediction lists by default, from the CLI, the API and the service
+
 
 @dataclass
 class Window:

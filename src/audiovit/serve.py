@@ -24,6 +24,7 @@ from starlette.requests import ClientDisconnect
 from . import audio
 from .config import check, option
 from .inference import Classifier, TooLong
+from .prediction import TOP_K
 from .version import __version__
 
 SPECTROGRAM_COLUMNS = 400  # the page's spectrogram is averaged down to at most this many frames
@@ -35,7 +36,7 @@ class ServeConfig:
     port: int = option(8000, "port to listen on", low=0, high=65535)
     max_upload_mb: float = option(50.0, "larger uploads get 413", low=0)
     max_duration_s: float = option(3600.0, "longer audio gets 413", low=0)
-    top_k: int = option(5, "classes listed per prediction", low=1)
+    top_k: int = option(TOP_K, "classes listed per prediction", low=1)
     workers: int = option(2, "predictions running at once", low=1)
 
     def __post_init__(self):
