@@ -48,6 +48,12 @@ def test_train_on_manifest_with_folds_then_evaluate_and_info(synth_root, tmp_pat
         tmp_path / "ev",
     )
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["accuracy"] == m["accuracy"]
+    with open(tmp_path / "ev" / "predictions.csv") as f:  # the run's own, clip for clip
+        ev_rows = sorted(tuple(r[:3]) for r in csv.reader(f))  # (path, label, predicted)
+    with open(out / "predictions.csv") as f:
+        assert ev_rows == sorted(tuple(r[:3]) for r in csv.reader(f))
+    page = (tmp_path / "ev" / "report.html").read_text()
+    assert "audiovit evaluation" in page and "data:image/png;base64" in page
     info = json.loads(run("info", out / "model.pt", "--json").stdout)
     assert info["labels"] == m["labels"] and info["n_parameters"] > 1e6
     assert info["meta"]["metrics"]["accuracy"] == m["accuracy"]

@@ -102,7 +102,7 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from . import evaluate, plots
+    from . import evaluate, run
     from .data import load_dataset
     from .features import FeatureCache, default_cache_dir
     from .inference import load_model
@@ -114,17 +114,16 @@ def cmd_evaluate(args) -> int:
     if not items:
         raise SystemExit("audiovit: error: the test split is empty")
     cache = FeatureCache(args.cache_dir or default_cache_dir(), clf.logmel)
-    m, skipped, _ = evaluate.evaluate_items(clf, items, cache, args.hop)
+    m, skipped, scored = evaluate.evaluate_items(clf, items, cache, args.hop)
     for line in skipped:
         print(f"skipped: {line}")
     if m["n"] == 0:
         raise SystemExit("audiovit: error: no file could be scored (every one was skipped)")
+    m["split"] = "test" if split_given else "every file's"
     print(f"{'test split' if split_given else 'all files'}:\n{evaluate.format_table(m)}")
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "metrics.json").write_text(json.dumps(m, indent=2))
-        plots.confusion_matrix(m, args.out / "confusion.png")
-        print(f"wrote {args.out}/metrics.json, confusion.png")
+        run.write_evaluation(args.out, args.model, m, scored, clf.labels)
+        print(f"wrote {args.out}/report.html, metrics.json, predictions.csv and the plots")
     return 0
 
 
@@ -286,7 +285,7 @@ def _evaluate_parser(sub) -> None:
     p.add_argument(
         "data", type=Path, help="folder with one sub-folder per class, or a manifest .csv"
     )
-    p.add_argument("--out", type=Path, help="folder for metrics.json and confusion.png")
+    p.add_argument("--out", type=Path, help="folder for report.html, metrics.json, predictions.csv")
     p.add_argument("--hop", type=float, help=HOP_HELP)
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--cache-dir", help="feature cache folder")

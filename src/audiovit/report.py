@@ -53,11 +53,12 @@ def _settings(title: str, d: dict) -> str:
     return f"<h3>{title}</h3>" + _table(["setting", "value"], [[k, v] for k, v in d.items()])
 
 
-def write_report(run: str | Path) -> Path:
-    """Write ``run/report.html`` from the files a training run leaves; returns its path."""
+def write_report(run: str | Path, model: str | Path | None = None) -> Path:
+    """Write ``run/report.html`` from the files a training run (or ``audiovit evaluate --out``,
+    whose model file is ``model``) leaves; returns its path."""
     run = Path(run)
     m = json.loads((run / "metrics.json").read_text())
-    obj = checkpoint.safe_load(run / "model.pt")
+    obj = checkpoint.safe_load(model or run / "model.pt")
     meta, labels = obj.get("meta", {}), obj["labels"]
     info = meta.get("data", {})
     examples: dict[tuple[str, str], list[str]] = defaultdict(list)
@@ -67,9 +68,11 @@ def write_report(run: str | Path) -> Path:
                 if row["label"] != row["predicted"]:
                     examples[(row["label"], row["predicted"])].append(Path(row["path"]).name)
     parts = [
-        f"<h1>audiovit run: {html.escape(run.resolve().name)}</h1>",
+        f"<h1>audiovit {'run' if model is None else 'evaluation'}: "
+        f"{html.escape(run.resolve().name)}</h1>",
         f'<p class="muted">{dt.datetime.now():%Y-%m-%d %H:%M} · audiovit {__version__} · '
-        f"{kept_weights(m)} · scored on the {html.escape(m.get('split', '?'))} split</p>",
+        + (f"{kept_weights(m)} · " if "keep" in m else f"{html.escape(str(model))} · ")
+        + f"scored on the {html.escape(m.get('split', '?'))} split</p>",
         "".join(
             f'<span class="kpi"><b>{m[k]:.3f}</b>{k.replace("_", " ")}</span>'
             for k in ("accuracy", "balanced_accuracy", "macro_f1")

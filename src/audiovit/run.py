@@ -1,5 +1,5 @@
-"""What a training run leaves in its folder when it ends: model.pt's final metadata,
-metrics.json, predictions.csv, the plots and report.html."""
+"""What a training run leaves in its folder when it ends — model.pt's final metadata,
+metrics.json, predictions.csv, the plots and report.html — and the same for an evaluation."""
 
 from __future__ import annotations
 
@@ -87,3 +87,17 @@ def data_meta(ds, splits, prep, labels, skipped) -> dict:
         "n_skipped": len(skipped),
         "notes": ds.notes + splits.notes,
     }
+
+
+def write_evaluation(out: Path, model: Path, m: dict, scored: list, labels: list[str]) -> None:
+    """``audiovit evaluate --out``: metrics.json, predictions.csv, the confusion matrix, the
+    per-class F1 and report.html, as a training run writes them; ``scored`` is
+    [(item, probabilities (C,))]."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(m, indent=2))
+    items = [it for it, _ in scored]
+    probs = np.stack([p for _, p in scored]) if scored else np.zeros((0, len(labels)))
+    write_predictions(out / "predictions.csv", items, probs, labels)
+    plots.confusion_matrix(m, out / "confusion.png")
+    plots.per_class_f1(m, out / "per_class_f1.png")
+    report.write_report(out, model=model)
