@@ -73,7 +73,8 @@ def test_predict_json_lines_and_error_lines(trained, tmp_path):
     ok = [x for x in lines if "error" not in x]
     assert {os.path.basename(x["path"]) for x in ok} == {"a tone.wav", "b.flac"}
     for x in ok:
-        assert set(x) == {"path", "label", "score", "top_k", "duration_s"} and len(x["top_k"]) == 2
+        assert set(x) == {"path", "label", "score", "top_k", "duration_s", "time_shares"}
+        assert len(x["top_k"]) == 2
     err = [x for x in lines if "error" in x][0]
     assert err["path"] == str(bad) and err["error"]
     assert "Traceback" not in r.stderr

@@ -46,7 +46,8 @@ def test_predict_file_waveform_and_features_agree(trained, synth_root):
     assert abs(from_file.duration_s - 1.0) < 1e-3
     assert from_file.segments[0].start_s == 0 and from_file.segments[-1].end_s == pytest.approx(1.0)
     d = from_file.to_dict(timeline=True)
-    assert set(d) == {"path", "label", "score", "top_k", "duration_s", "segments", "timeline"}
+    assert set(d) == {"path", "label", "score", "top_k", "duration_s", "time_shares", "segments",
+                      "timeline"}  # fmt: skip
     assert [w["label"] for w in d["timeline"]] == [w.label for w in from_file.timeline()]
 
 
@@ -116,3 +117,37 @@ def test_waveform_needs_a_sample_rate(trained):
     clf = audiovit.load_model(trained / "model.pt", device="cpu")
     with pytest.raises(ValueError, match="sample rate"):
         clf.predict(sine(1.0))
+
+
+def _mixed(labels, winners, seconds=10.0):
+    """A Prediction whose windows (1 s each) are won by ``winners`` in turn, at 0.6."""
+    from audiovit.prediction import Prediction, Window
+
+    probs = np.full((len(winners), len(labels)), 0.4 / (len(labels) - 1), np.float32)
+    for i, w in enumerate(winners):
+        probs[i, labels.index(w)] = 0.6
+    segs = [Window(float(i), float(i + 1), w, 0.6) for i, w in enumerate(winners)]
+    mean = probs.mean(0)
+    top = [(labels[i], float(mean[i])) for i in np.argsort(-mean)[:3]]
+    return Prediction(top[0][0], top[0][1], top, segs, probs, seconds, "mix.wav",
+                      overview=np.zeros((8, 50), np.float32), labels=labels)  # fmt: skip
+
+
+def test_a_mixed_recording_is_headed_by_how_its_time_divides_and_every_winner_is_drawn(tmp_path):
+    from audiovit import plots
+
+    labels = [f"c{i}" for i in range(12)]
+    p = _mixed(labels, ["c0"] * 4 + ["c1"] * 3 + ["c2"] * 2 + ["c11"])  # c11 wins one window
+    assert p.time_shares() == [("c0", 0.4), ("c1", 0.3), ("c2", 0.2), ("c11", 0.1)]
+    assert "over time: c0 40%, c1 30%, c2 20%, c11 10%" in p.to_text()
+    assert p.to_dict()["time_shares"][3] == {"label": "c11", "share": 0.1}
+    assert plots.timeline_classes(p) == ([0, 1, 2, 11], [])
+    many = _mixed(labels, labels[:11] + ["c0"], seconds=12.0)  # 11 winners: the last as "other"
+    drawn, rest = plots.timeline_classes(many, max_lines=10)
+    assert (
+        drawn[0] == 0 and len(drawn) == 9 and len(rest) == 2 and set(drawn + rest) == set(range(11))
+    )
+    plots.timeline(p, tmp_path / "t.png")
+    assert (tmp_path / "t.png").stat().st_size > 10_000
+    steady = _mixed(labels, ["c3"] * 10)
+    assert "over time" not in steady.to_text() and steady.time_shares() == [("c3", 1.0)]

@@ -84,38 +84,45 @@ def per_class_f1(m: dict, path: str | os.PathLike) -> None:
     plt.close(fig)
 
 
-def timeline(pred, path: str | os.PathLike, n_classes: int = 6) -> None:
-    """Class probabilities over time above the log-mel; ``pred`` needs an ``overview``."""
-    probs, labels = pred.probs, [lb for lb, _ in pred.top_k]
+def timeline_classes(pred, max_lines: int = 10) -> tuple[list[int], list[int]]:
+    """The classes a timeline plot draws: every class that wins a window, most windows first
+    (indices into ``pred.labels``), and those past ``max_lines - 1`` merged as "other"."""
+    wins = np.bincount(pred.probs.argmax(axis=1), minlength=len(pred.labels))
+    winners = [int(c) for c in np.argsort(-wins, kind="stable") if wins[c] > 0]
+    if len(winners) <= max_lines:
+        return winners, []
+    return winners[: max_lines - 1], winners[max_lines - 1 :]
+
+
+def class_colour(labels: list[str], label: str):
+    """One colour per class, the same in every figure of a model (by the class's index)."""
+    cmap = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")
+    return cmap(labels.index(label) % cmap.N)
+
+
+def timeline(pred, path: str | os.PathLike, max_lines: int = 10) -> None:
+    """Class probabilities over time above the log-mel, for every class that wins a window
+    (the rest as "other"), each run of one label shaded in its class's colour; ``pred`` needs
+    an ``overview``."""
+    probs, labels = pred.probs, pred.labels
     centres = np.array([(w.start_s + w.end_s) / 2 for w in pred.segments])
-    order = np.argsort(-probs.mean(axis=0))[:n_classes]
-    all_labels = pred.labels
+    drawn, rest = timeline_classes(pred, max_lines)
     fig, (a1, a2) = plt.subplots(
-        2, 1, figsize=(12, 6), sharex=True, height_ratios=[1, 1.3], constrained_layout=True
+        2, 1, figsize=(13, 6), sharex=True, height_ratios=[1, 1.3], layout="constrained"
     )
-    colours = plt.get_cmap("tab10")
-    for i, c in enumerate(order):
-        a1.plot(
-            centres,
-            probs[:, c],
-            color=colours(i),
-            label=all_labels[c],
-            marker="." if len(centres) < 60 else None,
-        )
+    marker = "." if len(centres) < 60 else None
+    for c in drawn:
+        colour = class_colour(labels, labels[c])
+        a1.plot(centres, probs[:, c], color=colour, label=labels[c], marker=marker)
+    if rest:
+        a1.plot(centres, probs[:, rest].max(axis=1), color="0.5", ls="--", label="other")
     for seg in pred.timeline():
-        i = (
-            list(order).index(all_labels.index(seg.label))
-            if all_labels.index(seg.label) in order
-            else None
-        )
-        if i is not None:
-            a1.axvspan(seg.start_s, seg.end_s, color=colours(i), alpha=0.08)
-    a1.set(
-        ylim=(0, 1.02),
-        ylabel="probability",
-        title=f"{Path(pred.path or 'waveform').name}: {labels[0]} ({pred.score:.2f})",
-    )
-    a1.legend(loc="upper right", fontsize=8, ncol=min(3, len(order)))
+        colour = class_colour(labels, seg.label) if labels.index(seg.label) in drawn else "0.5"
+        a1.axvspan(seg.start_s, seg.end_s, color=colour, alpha=0.1)
+    shares = ", ".join(f"{lb} {s:.0%}" for lb, s in pred.time_shares()[:4])
+    name = Path(pred.path or "waveform").name
+    a1.set(ylim=(0, 1.02), ylabel="probability", title=f"{name}: {shares} of the time")
+    fig.legend(loc="outside right upper", fontsize=8)
     a1.grid(alpha=0.3)
     if pred.overview is not None:
         a2.imshow(

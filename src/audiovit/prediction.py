@@ -58,6 +58,16 @@ class Prediction:
                 counts.append(1)
         return merged
 
+    def time_shares(self) -> list[tuple[str, float]]:
+        """Each label's share of the recording's time in :meth:`timeline`, largest first: the
+        headline of a recording whose label changes, where the mean over windows may name a
+        class that no segment shows."""
+        total: dict[str, float] = {}
+        for w in self.timeline():
+            total[w.label] = total.get(w.label, 0.0) + w.end_s - w.start_s
+        span = sum(total.values()) or 1.0
+        return sorted(((lb, t / span) for lb, t in total.items()), key=lambda p: -p[1])
+
     def to_dict(self, timeline: bool = False) -> dict:
         d = {
             "path": self.path,
@@ -65,6 +75,7 @@ class Prediction:
             "score": round(self.score, 6),
             "top_k": [{"label": lb, "score": round(s, 6)} for lb, s in self.top_k],
             "duration_s": round(self.duration_s, 3),
+            "time_shares": [{"label": lb, "share": round(s, 4)} for lb, s in self.time_shares()],
         }
         if timeline:  # every window ("segments") and runs of one label ("timeline")
             for key, windows in (("segments", self.segments), ("timeline", self.timeline())):
@@ -84,6 +95,9 @@ class Prediction:
         a line per run of one label below it."""
         top = "  ".join(f"{lb} {s:.3f}" for lb, s in self.top_k)
         lines = [f"{self.path}\t{self.label}\t{self.score:.3f}\t({self.duration_s:.1f} s; {top})"]
+        shares = self.time_shares()
+        if len(shares) > 1:  # the label changes over the recording: say how the time divides
+            lines[0] += "\tover time: " + ", ".join(f"{lb} {s:.0%}" for lb, s in shares)
         if timeline:
             lines += [
                 f"  {w.start_s:8.2f}-{w.end_s:8.2f} s  {w.label}  {w.score:.3f}"
