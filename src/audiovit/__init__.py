@@ -4,6 +4,9 @@ import audiovit
 clf = audiovit.load_model("runs/demo/model.pt")
 result = clf.predict("song.mp3", top_k=3)
 result.label, result.score, result.top_k, result.segments
+
+backbone = audiovit.pretrain(audiovit.PretrainConfig(steps=2000), "runs/pt", ["recordings/"])
+cfg = audiovit.TrainConfig(**audiovit.start_settings(backbone), init=str(backbone))
 """
 
 from .audio import AudioError
@@ -13,6 +16,8 @@ from .features import FeatureConfig, LogMel
 from .inference import Classifier, load_model
 from .model import PRESETS, ModelConfig, ViT
 from .prediction import Prediction
+from .pretrain import PretrainConfig, pretrain
+from .pretrained import start_settings
 from .train import TrainConfig, train
 from .version import __version__
 
@@ -25,6 +30,7 @@ __all__ = [
     "ModelConfig",
     "PRESETS",
     "Prediction",
+    "PretrainConfig",
     "SplitOptions",
     "Splits",
     "TrainConfig",
@@ -33,6 +39,8 @@ __all__ = [
     "load_dataset",
     "load_model",
     "make_splits",
+    "pretrain",
+    "start_settings",
     "train",
     "__version__",
 ]

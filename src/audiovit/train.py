@@ -7,6 +7,10 @@ exactly what the uninterrupted run would have done (on CPU, same thread count).
 Under ``torchrun`` the same code runs data-parallel (DistributedDataParallel): every rank draws
 the same global batch and trains on its slice of it, validation clips are shared out and their
 scores gathered, and only rank 0 logs and writes files.
+
+The module is longer than the others because TrainConfig's ~40 fields, each with its help text,
+range and the reason for its default, live beside the recipe that reads them; the recipe itself
+is ``train()`` and the named steps under it.
 """
 
 from __future__ import annotations
@@ -173,25 +177,10 @@ def train(
     out = Path(out)
     resuming = _prepare_folder(out, cfg, splits, resume, overwrite)
     device = distributed.setup(resolve_device(cfg.device))
-    if cfg.batch_size % distributed.world_size():
-        raise TrainingError(
-            f"--batch-size {cfg.batch_size} does not divide among "
-            f"{distributed.world_size()} processes"
-        )
     log = log if distributed.is_main() else _silent
     fcfg = cfg.feature_config()
     prep, labels, skipped = _features(splits, cfg, fcfg, log)
     keep = _keep_rule_for(cfg, splits, prep, labels, log)
-    log(
-        f"clips used: train {len(prep['train'].feats)}, valid {len(prep['valid'].feats)}, "
-        f"test {len(prep['test'].feats)}"
-    )
-    if cfg.warmup_epochs >= cfg.epochs:
-        log(
-            f"note: the warm-up ({cfg.warmup_epochs:g} epochs) is not shorter than the run "
-            f"({cfg.epochs}): the learning rate never reaches its peak {cfg.lr:g}; lower "
-            "--warmup-epochs"
-        )
     teacher = _train_teacher(ds, splits, cfg, out, resume, device, log) if cfg.teacher else None
     n_frames, repeats, balanced = _crops(prep["train"], cfg, fcfg)
     model = build_model(cfg, len(labels), n_frames)
@@ -245,6 +234,11 @@ def _prepare_folder(
         )
     if cfg.init and not resuming and not Path(cfg.init).is_file():
         raise TrainingError(f"--init {cfg.init}: no such file")
+    if cfg.batch_size % distributed.world_size():
+        raise TrainingError(
+            f"--batch-size {cfg.batch_size} does not divide among "
+            f"{distributed.world_size()} processes"
+        )
     out.mkdir(parents=True, exist_ok=True)
     if not resuming:  # an earlier run's best.pt must not pass for this run's
         (out / "best.pt").unlink(missing_ok=True)
@@ -280,12 +274,28 @@ def keep_rule(keep: str, n_valid: int, n_classes: int) -> str:
 def _keep_rule_for(
     cfg: TrainConfig, splits: data.Splits, prep: dict[str, Prepared], labels, log
 ) -> str:
-    """:func:`keep_rule` for this run, said in the log; where it keeps the last epoch of a run
-    whose validation split was carved from the training rows, the carve trains too."""
+    """:func:`keep_rule` for this run, said in the log with the clips each split uses (and a
+    warm-up as long as the run, which never reaches the peak rate)."""
+    keep = keep_rule(cfg.keep, len(prep["valid"].feats), len(labels))
+    if cfg.keep == "auto":
+        _say_keep(cfg, splits, prep, labels, keep, log)
+    log(
+        f"clips used: train {len(prep['train'].feats)}, valid {len(prep['valid'].feats)}, "
+        f"test {len(prep['test'].feats)}"
+    )
+    if cfg.warmup_epochs >= cfg.epochs:
+        log(
+            f"note: the warm-up ({cfg.warmup_epochs:g} epochs) is not shorter than the run "
+            f"({cfg.epochs}): the learning rate never reaches its peak {cfg.lr:g}; lower "
+            "--warmup-epochs"
+        )
+    return keep
+
+
+def _say_keep(cfg, splits: data.Splits, prep: dict[str, Prepared], labels, keep, log) -> None:
+    """The log's word on "auto"; where it keeps the last epoch of a carved split, the carve
+    trains too (``prep`` changes)."""
     n_valid = len(prep["valid"].feats)
-    keep = keep_rule(cfg.keep, n_valid, len(labels))
-    if cfg.keep != "auto":
-        return keep
     log(
         f"keeping the {'best epoch on validation' if keep == 'best' else 'last epoch'}: the "
         f"validation split holds {n_valid / len(labels):.1f} clips per class on average "
@@ -298,7 +308,6 @@ def _keep_rule_for(
             "curves)"
         )
         prep["train"], prep["valid"] = prep["train"] + prep["valid"], Prepared()
-    return keep
 
 
 def build_model(cfg: TrainConfig, n_classes: int, n_frames: int) -> ViT:
