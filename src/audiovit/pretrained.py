@@ -120,21 +120,22 @@ def load_timm_weights(model: ViT, state: dict[str, torch.Tensor]) -> list[str]:
     return missing
 
 
-def is_model_file(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is an audiovit model file (rather than an image checkpoint)."""
+def read_start(path: str | os.PathLike) -> tuple[dict | None, dict | None]:
+    """Read a start once: (the audiovit model file's contents, None), or (None, an image
+    checkpoint's state dict)."""
     if str(path).endswith(".safetensors"):
-        return False
+        return None, read_state_dict(path)
     obj = safe_load(path)
-    return obj.get("format") == checkpoint.FORMAT
+    return (obj, None) if obj.get("format") == checkpoint.FORMAT else (None, obj)
 
 
 def start_settings(path: str | os.PathLike) -> dict:
     """The TrainConfig settings a run started from the audiovit model file ``path`` takes from it
     unless told otherwise: its features (sample rate, mel bands, fmax) and its architecture
     (preset, depth, stem, pooling, normalisation, token spacing). An image checkpoint: none."""
-    if not is_model_file(path):
+    obj, _ = read_start(path)
+    if obj is None:
         return {}
-    obj = checkpoint.read_model_file(path)
     mcfg, fcfg = obj["model_config"], obj["feature_config"]
     preset = next(
         (name for name, p in PRESETS.items()
@@ -158,16 +159,16 @@ def start_settings(path: str | os.PathLike) -> dict:
 
 def load_start(model: ViT, path: str | os.PathLike, labels: list[str]) -> Start:
     """Load the start at ``path`` into ``model`` (trained for ``labels``), in place."""
-    if is_model_file(path):
-        return _load_audiovit(model, path, labels)
-    missing = load_timm_weights(model, read_state_dict(path))
+    obj, image_state = read_start(path)
+    if obj is not None:
+        return _load_audiovit(model, path, obj, labels)
+    missing = load_timm_weights(model, image_state)
     n_loaded = len(model.state_dict()) - len(missing)
     resampled = [k for k in ("pos_embed", "patch_embed.proj.weight") if k not in missing]
     return Start(str(path), "timm", n_loaded - len(resampled), resampled, missing)
 
 
-def _load_audiovit(model: ViT, path: str | os.PathLike, labels: list[str]) -> Start:
-    obj = checkpoint.read_model_file(path)
+def _load_audiovit(model: ViT, path: str | os.PathLike, obj: dict, labels: list[str]) -> Start:
     src = ModelConfig(**obj["model_config"])
     cfg = model.cfg
     for name in ("width", "stem", "patch_size", "n_layers", "n_heads"):
