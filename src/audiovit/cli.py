@@ -46,10 +46,11 @@ def _add_split_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--test-frac", type=float, default=0.1, help="automatic split: test share")
 
 
-def _splits(args, seed: int = 0):
+def _splits(args, seed: int = 0, ds=None):
+    """The dataset (read from ``args.data`` unless given) and its splits from the split flags."""
     from . import data
 
-    ds = data.load_dataset(args.data)
+    ds = ds or data.load_dataset(args.data)
     opts = data.SplitOptions(
         test_fold=args.test_fold,
         valid_fold=args.valid_fold,
@@ -110,7 +111,7 @@ def cmd_evaluate(args) -> int:
     clf = load_model(args.model, device=args.device)
     ds = load_dataset(args.data)
     split_given = any([args.test_fold, args.split_lists]) or any(it.split for it in ds.items)
-    items = _splits(args)[1].test if split_given else ds.items  # else every file
+    items = _splits(args, ds=ds)[1].test if split_given else ds.items  # else every file
     if not items:
         raise SystemExit("audiovit: error: the test split is empty")
     cache = FeatureCache(args.cache_dir or default_cache_dir(), clf.logmel)
