@@ -32,6 +32,16 @@ def run(*args, check=True):
     return r
 
 
+def one_line(r, *names) -> bool:
+    """A CLI run that failed with exit 2 and one line on stderr naming each of ``names``."""
+    return (
+        r.returncode == 2
+        and r.stderr.count("\n") == 1
+        and "Traceback" not in r.stderr
+        and all(n in r.stderr for n in names)
+    )
+
+
 def fast_flags(**over):
     cfg = {**FAST, **over}
     flags = []

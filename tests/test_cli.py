@@ -3,13 +3,14 @@
 import csv
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 
-from helpers import fast_flags, run, sine
+from helpers import fast_flags, one_line, run, sine
 
 
 def test_every_subcommand_has_help():
@@ -114,10 +115,6 @@ def test_corrupt_inputs_give_one_line_not_a_traceback(trained, tmp_path):
 
 
 def test_unusable_outputs_and_inputs_end_in_one_line(trained, synth_root, tmp_path):
-    def one_line(r, *names):
-        return (r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
-                and all(n in r.stderr for n in names))  # fmt: skip
-
     (tmp_path / "taken").write_text("a file where the run folder would go")
     r = run("train", synth_root, "--out", tmp_path / "taken", *fast_flags(epochs=1), check=False)
     assert one_line(r, "taken"), r.stderr
@@ -159,7 +156,7 @@ def test_timeline_outputs_plot_and_explanation(trained, tmp_path):
     )
     assert len(doc["segments"]) >= len(segs) and set(doc["segments"][0]["probs"]) == set(labels)
     r = run("explain", model, tmp_path / "mix.wav", "--out", tmp_path / "e.png")
-    assert r.stdout.split("\t")[1] in labels
+    assert r.stdout.split("\t")[1] in labels and "over 0.0-6.0 s" in r.stderr
     for png in ("t.png", "e.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (
             tmp_path / png
@@ -190,10 +187,6 @@ def test_run_report_is_self_contained(trained):
 
 def test_wrong_devices_models_ports_and_inputs_end_in_one_line(trained, tmp_path):
     import socket
-
-    def one_line(r, *names):
-        return (r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
-                and all(n in r.stderr for n in names))  # fmt: skip
 
     wav = tmp_path / "a.wav"
     sf.write(wav, sine(1.0), 16000)
@@ -242,3 +235,71 @@ def test_one_top_k_default_a_list_of_files_and_checked_timeline_names(
         "predict", trained / "model.pt", files[0], "--timeline-out", tmp_path / "t.txt", check=False
     )
     assert r.returncode == 2 and "name a .csv or a .json file" in r.stderr
+
+
+def test_explain_one_class_over_one_span(trained, tmp_path):
+    from audiovit.explain import saliency
+    from audiovit.features import file_log_mel
+    from audiovit.inference import load_model
+
+    x = np.concatenate([sine(3.0, hz=300), np.zeros(16000, np.float32), sine(2.0, hz=2000)])
+    sf.write(tmp_path / "mix.wav", x, 16000)
+    model = trained / "model.pt"
+    clf = load_model(model, device="cpu")
+    whole = saliency(clf, tmp_path / "mix.wav")
+    other = next(lb for lb in clf.labels if lb != whole.label)  # not the top class
+    ex = saliency(clf, tmp_path / "mix.wav", label=other, start_s=4.0, end_s=6.0)
+    assert ex.label == other and (ex.start_s, ex.end_s) == pytest.approx((4.0, 6.0), abs=0.02)
+    torch.testing.assert_close(  # the span's frames, not the file's first two seconds
+        torch.from_numpy(ex.log_mel), file_log_mel(tmp_path / "mix.wav", clf.logmel)[:, 400:601]
+    )
+    assert ex.saliency.shape == ex.log_mel.shape and ex.saliency.max() > 0
+    assert ex.score == pytest.approx(float(ex.prediction.probs[:, clf.labels.index(other)].mean()))
+
+    r = run("explain", model, tmp_path / "mix.wav", "--out", tmp_path / "e.png",
+            "--label", other, "--start", 4, "--end", 6)  # fmt: skip
+    path, label, score, start, end = r.stdout.split("\t")
+    assert label == other and (float(start), float(end)) == pytest.approx((4.0, 6.0), abs=0.02)
+    assert f"explained '{other}'" in r.stderr and "over 4.0-6.0 s of 6.0 s" in r.stderr
+    for flags, names in (
+        (("--label", "nope"), ("nope", clf.labels[0])),
+        (("--start", 9), ("--start 9", "6.0 s")),
+        (("--start", 3, "--end", 2), ("--start 3",)),
+    ):
+        r = run("explain", model, tmp_path / "mix.wav", "--out", tmp_path / "x.png", *flags,
+                check=False)  # fmt: skip
+        assert one_line(r, *names), r.stderr
+
+
+def test_predict_writes_a_file_per_input_and_a_combined_csv(trained, tmp_path):
+    for folder, hz in (("a", 300), ("b", 2000)):  # two inputs named alike
+        (tmp_path / folder).mkdir()
+        sf.write(tmp_path / folder / "clip.wav", sine(2.0, hz=hz), 16000)
+    (tmp_path / "b" / "bad.wav").write_bytes(b"RIFF0000WAVE")
+    model, out = trained / "model.pt", tmp_path / "out"
+    r = run("predict", model, tmp_path / "a", tmp_path / "b", "--output-dir", out, check=False)
+    assert r.returncode == 1 and "bad.wav" in r.stderr  # one input failed: exit 1, the rest written
+    assert sorted(f.name for f in out.iterdir()) == [
+        "clip-2.csv", "clip-2.json", "clip-2.txt", "clip.csv", "clip.json", "clip.txt",
+        "predictions.csv",
+    ]  # fmt: skip
+    rows = list(csv.DictReader(open(out / "predictions.csv", encoding="utf-8")))
+    labels = json.loads(run("info", model, "--json").stdout)["labels"]
+    assert [Path(r["path"]).parent.name + "/" + Path(r["path"]).name for r in rows] == [
+        "a/clip.wav",
+        "b/bad.wav",
+        "b/clip.wav",
+    ]
+    assert rows[1]["error"] and not rows[1]["label"] and rows[2]["files"].startswith("clip-2.")
+    stdout = r.stdout.splitlines()
+    for row, stem in ((rows[0], "clip"), (rows[2], "clip-2")):
+        doc = json.loads((out / f"{stem}.json").read_text())
+        assert doc["path"] == row["path"] and doc["label"] == row["label"]
+        assert float(row["score"]) == pytest.approx(doc["score"], abs=1e-4)
+        assert float(row[doc["label"]]) == pytest.approx(doc["score"], abs=1e-4)
+        assert sum(float(row[lb]) for lb in labels) == pytest.approx(1.0, abs=1e-3)
+        assert (out / f"{stem}.txt").read_text().splitlines()[0] in stdout
+        windows = list(csv.DictReader(open(out / f"{stem}.csv")))
+        assert len(windows) == len(doc["segments"]) >= 1
+    run("predict", model, tmp_path / "a", "--output-dir", tmp_path / "j", "--output-format", "json")
+    assert sorted(f.name for f in (tmp_path / "j").iterdir()) == ["clip.json", "predictions.csv"]

@@ -3,6 +3,7 @@ give the one-process results for the same global batch, and one merged predictio
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -78,12 +79,13 @@ def test_sharded_predict_merges_in_input_order(trained, synth_root, tmp_path):
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"RIFF0000WAVE")
     inputs = [*files[:3], bad, *files[3:]]
-    ref = run("predict", trained / "model.pt", *inputs, "--json", check=False)
+    ref = run("predict", trained / "model.pt", *inputs, "--json", "--output-dir", tmp_path / "one",
+              check=False)  # fmt: skip
     out = tmp_path / "preds.jsonl"
     r = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
          "-m", "audiovit", "predict", str(trained / "model.pt"), *map(str, inputs), "--json",
-         "--out", str(out)],
+         "--out", str(out), "--output-dir", str(tmp_path / "two")],
         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600,
     )  # fmt: skip
     assert r.returncode != 0 and "bad.wav" in out.read_text()  # one file was bad: exit 1
@@ -94,3 +96,13 @@ def test_sharded_predict_merges_in_input_order(trained, synth_root, tmp_path):
         assert g.get("label") == w.get("label") and g.get("error") == w.get("error")
         assert abs(g.get("score", 0) - w.get("score", 0)) < 1e-5
     assert not list(tmp_path.glob("preds.jsonl.part*"))
+    # --output-dir: the same files, and one predictions.csv merged in input order
+    assert sorted(f.name for f in (tmp_path / "one").iterdir()) == sorted(
+        f.name for f in (tmp_path / "two").iterdir()
+    )
+    one, two = (
+        list(csv.DictReader(open(tmp_path / d / "predictions.csv"))) for d in ("one", "two")
+    )
+    keys = ("path", "label", "error", "files")
+    assert [[r[k] for k in keys] for r in one] == [[r[k] for k in keys] for r in two]
+    assert [r["path"] for r in two] == [str(p) for p in inputs]

@@ -192,3 +192,8 @@ def test_the_first_frames_of_a_file_stop_decoding_there(tmp_path, monkeypatch):
     first = F.file_log_mel(tmp_path / "long.wav", logmel, max_frames=150)  # 1.5 s
     torch.testing.assert_close(first, whole[:, :150])
     assert sum(pulled) <= F.audio.BLOCK_SECONDS * 16000  # one block, not all 100 s
+    pulled.clear()
+    late = F.file_log_mel(tmp_path / "long.wav", logmel, max_frames=300, start_frame=6000)
+    torch.testing.assert_close(late, whole[:, 6000:6300])  # across a block border
+    assert sum(pulled) < 100 * 16000  # decoding stopped at the span's end
+    assert F.file_log_mel(tmp_path / "long.wav", logmel, start_frame=20_000).shape == (32, 0)

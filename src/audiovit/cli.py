@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from .config import help_text
-from .prediction import TOP_K
+from .prediction import OUTPUT_FORMATS, TOP_K
 from .version import __version__
 
 
@@ -135,7 +135,7 @@ def cmd_predict(args) -> int:
     from .audio import AudioError
     from .device import resolve_device
     from .inference import find_audio_files, predict_files
-    from .prediction import ResultWriter
+    from .prediction import OutputFolder, ResultWriter
 
     onnx = args.backend == "onnx" or args.model.suffix.lower() == ".onnx"
     device = distributed.setup(resolve_device("cpu" if onnx else args.device))
@@ -148,6 +148,9 @@ def cmd_predict(args) -> int:
     if (args.plot or args.timeline_out) and len(paths) != 1:
         raise ValueError("--plot and --timeline-out take exactly one input file")
     results, failed = ResultWriter(args.out), 0
+    folder = None
+    if args.output_dir:
+        folder = OutputFolder(args.output_dir, args.output_format, paths, clf.labels)
     for i, path, p in predict_files(
         clf, paths, top_k=args.top_k, hop_s=args.hop, overview=2000 if args.plot else 0
     ):
@@ -157,7 +160,11 @@ def cmd_predict(args) -> int:
                 results.write(i, json.dumps({"path": str(path), "error": p.reason}))
             else:
                 print(f"audiovit: error: {p}", file=sys.stderr, flush=True)
+            if folder:
+                folder.error(i, path, p.reason)
             continue
+        if folder:
+            folder.write(i, p)
         if args.json:
             results.write(i, json.dumps(p.to_dict(timeline=args.timeline), ensure_ascii=False))
         else:
@@ -166,6 +173,8 @@ def cmd_predict(args) -> int:
             p.write_timeline(args.timeline_out)
         if args.plot:
             plots.timeline(p, args.plot)
+    if folder:
+        folder.close(failed)
     return 1 if results.close(failed) else 0
 
 
@@ -188,9 +197,17 @@ def cmd_explain(args) -> int:
             "gradients an ONNX graph does not keep"
         )
     clf = load_model(args.model, device=args.device)
-    pred, db, sal, seconds = saliency(clf, args.file, max_seconds=args.max_seconds)
-    plots.explanation(db, sal, pred, seconds, args.out)
-    print(f"{args.file}\t{pred.label}\t{pred.score:.3f}\twrote {args.out}")
+    ex = saliency(
+        clf,
+        args.file,
+        label=args.label,
+        start_s=args.start,
+        end_s=args.end,
+        max_seconds=args.max_seconds,
+    )
+    plots.explanation(ex, args.out)
+    print(f"{ex.describe()}; wrote {args.out}", file=sys.stderr)
+    print(f"{args.file}\t{ex.label}\t{ex.score:.3f}\t{ex.start_s:.2f}\t{ex.end_s:.2f}")
     return 0
 
 
@@ -319,6 +336,21 @@ def _predict_parser(sub) -> None:
         "--plot", type=Path, metavar="PNG", help="probabilities over time on the log-mel"
     )
     p.add_argument(
+        "--output-dir",
+        type=Path,
+        metavar="DIR",
+        help="also write one result file per input there (named after it), and predictions.csv "
+        "with a row per input",
+    )
+    p.add_argument(
+        "--output-format",
+        nargs="+",
+        choices=[*OUTPUT_FORMATS, "all"],
+        default=["all"],
+        help="the files --output-dir gets per input: txt (the text result and its timeline), "
+        "json (result, timeline, every window's probabilities), csv (one row per window)",
+    )
+    p.add_argument(
         "--backend",
         choices=["torch", "onnx"],
         default="torch",
@@ -330,6 +362,7 @@ def _predict_parser(sub) -> None:
 
 def _other_parsers(sub) -> None:
     """export, explain, demo, serve, info."""
+    from .explain import MAX_SECONDS
     from .serve import ServeConfig
 
     p = sub.add_parser(
@@ -345,7 +378,17 @@ def _other_parsers(sub) -> None:
     p.add_argument("model", type=Path, help="model file (model.pt)")
     p.add_argument("file", type=Path, help="audio file")
     p.add_argument("--out", type=Path, required=True, help="PNG to write")
-    p.add_argument("--max-seconds", type=float, default=120.0, help="explain this much of the file")
+    p.add_argument("--label", help="the class to explain (default: the span's top class)")
+    p.add_argument("--start", type=float, default=0.0, metavar="S", help="span start, seconds")
+    p.add_argument(
+        "--end", type=float, metavar="S", help="span end, seconds (default: start + --max-seconds)"
+    )
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        default=MAX_SECONDS,
+        help=f"the longest span explained at once (default: {MAX_SECONDS:g})",
+    )
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.set_defaults(func=cmd_explain)
 

@@ -180,18 +180,23 @@ def stream_log_mel(blocks: Iterable[np.ndarray], logmel: LogMel) -> Iterator[tor
 
 
 def file_log_mel(
-    path: str | os.PathLike, logmel: LogMel, max_frames: int | None = None
+    path: str | os.PathLike, logmel: LogMel, max_frames: int | None = None, start_frame: int = 0
 ) -> torch.Tensor:
-    """A file's log-mel, (F, T): the whole file, or its first ``max_frames`` frames (decoding
-    stops there). Raises audio.AudioError."""
-    chunks, n = [], 0
+    """A file's log-mel, (F, T): the whole file, or ``max_frames`` frames from ``start_frame``
+    (decoding stops there; frames before the start are dropped as they come, so a span late in
+    an hour-long file needs no more memory than the span). Raises audio.AudioError."""
+    chunks, n = [], 0  # n: frames decoded so far
+    end = None if max_frames is None else start_frame + max_frames
     frames = stream_log_mel(audio.stream(path, sr=logmel.cfg.sr), logmel)
     for chunk in frames:
-        chunks.append(chunk)
+        if n + chunk.shape[1] > start_frame:
+            chunks.append(chunk[:, max(0, start_frame - n) :])
         n += chunk.shape[1]
-        if max_frames is not None and n >= max_frames:
+        if end is not None and n >= end:
             frames.close()
             break
+    if not chunks:
+        return torch.zeros(logmel.cfg.n_mels, 0)
     return torch.cat(chunks, dim=1)[:, :max_frames]
 
 

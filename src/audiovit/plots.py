@@ -137,14 +137,13 @@ def timeline(pred, path: str | os.PathLike, max_lines: int = 10) -> None:
     plt.close(fig)
 
 
-def explanation(
-    db: np.ndarray, saliency: np.ndarray, pred, seconds: float, path: str | os.PathLike
-) -> None:
-    """The log-mel with the saliency of the predicted class laid over it."""
+def explanation(ex, path: str | os.PathLike) -> None:
+    """The span's log-mel with the saliency of the explained class laid over it
+    (``ex``: explain.Explanation)."""
     fig, ax = plt.subplots(figsize=(12, 4.5), constrained_layout=True)
-    extent = (0, seconds, 0, db.shape[0])
-    ax.imshow(db, origin="lower", aspect="auto", cmap="gray", extent=extent)
-    s = saliency / (saliency.max() + 1e-12)
+    extent = (ex.start_s, ex.end_s, 0, ex.log_mel.shape[0])
+    ax.imshow(ex.log_mel, origin="lower", aspect="auto", cmap="gray", extent=extent)
+    s = ex.saliency / (ex.saliency.max() + 1e-12)
     ax.imshow(
         np.ma.masked_less(s, 0.15),
         origin="lower",
@@ -153,11 +152,11 @@ def explanation(
         alpha=0.6,
         extent=extent,
     )
-    top = ", ".join(f"{lb} {sc:.2f}" for lb, sc in pred.top_k)
+    top = ", ".join(f"{lb} {sc:.2f}" for lb, sc in ex.prediction.top_k)
     ax.set(
         xlabel="time (s)",
         ylabel="mel band",
-        title=f"{pred.label}: gradient saliency |∂logit/∂log-mel| (top-k: {top})",
+        title=f"{ex.label} ({ex.score:.2f}): gradient saliency |∂logit/∂log-mel| (top-k: {top})",
     )
     fig.savefig(path, dpi=100)
     plt.close(fig)

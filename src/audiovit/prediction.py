@@ -5,6 +5,7 @@ part per process, merged at the end)."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import sys
@@ -166,3 +167,62 @@ class ResultWriter:
             for f in parts:
                 f.unlink()
         return failed
+
+
+OUTPUT_FORMATS = ("txt", "json", "csv")  # --output-format; "all" writes each
+
+
+def output_stems(paths: list) -> list[str]:
+    """A file-name stem per input, unique in one folder: ``a.wav`` → ``a``; a second ``a`` (from
+    another folder, or ``a.mp3``) → ``a-2``. Depends only on the input list, so every torchrun
+    rank names a file alike."""
+    seen: dict[str, int] = {}
+    stems = []
+    for p in paths:
+        stem = Path(p).stem or "audio"
+        seen[stem] = seen.get(stem, 0) + 1
+        stems.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
+    return stems
+
+
+class OutputFolder:
+    """``predict --output-dir``: one result file per input and format (``STEM.txt`` as the text
+    output with its timeline, ``STEM.json`` and ``STEM.csv`` as :meth:`Prediction.write_timeline`)
+    and ``predictions.csv``, a row per input in input order with its clip probabilities, or its
+    error."""
+
+    def __init__(self, folder: Path, formats: list[str], paths: list, labels: list[str]):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder, self.labels, self.stems = folder, labels, output_stems(paths)
+        self.formats = OUTPUT_FORMATS if "all" in formats else tuple(dict.fromkeys(formats))
+        self.summary = ResultWriter(folder / "predictions.csv")
+        if distributed.is_main():
+            header = ["path", "label", "score", "duration_s", "over_time", "error", "files"]
+            self.summary.write(-1, _csv_line(header + labels))
+
+    def write(self, i: int, p: Prediction) -> None:
+        stem = self.folder / self.stems[i]
+        for fmt in self.formats:
+            out = stem.with_name(f"{stem.name}.{fmt}")
+            if fmt == "txt":
+                out.write_text(p.to_text(timeline=True) + "\n", encoding="utf-8")
+            else:
+                p.write_timeline(out)
+        shares = "; ".join(f"{lb} {s:.0%}" for lb, s in p.time_shares())
+        files = " ".join(f"{self.stems[i]}.{fmt}" for fmt in self.formats)
+        row = [p.path, p.label, f"{p.score:.4f}", f"{p.duration_s:.3f}", shares, "", files]
+        self.summary.write(i, _csv_line(row + [f"{v:.4f}" for v in p.probs.mean(axis=0)]))
+
+    def error(self, i: int, path, reason: str) -> None:
+        cells = [path, "", "", "", "", reason, ""] + [""] * len(self.labels)
+        self.summary.write(i, _csv_line(cells))
+
+    def close(self, failed: int) -> int:
+        return self.summary.close(failed)
+
+
+def _csv_line(cells: list) -> str:
+    """One CSV row without its line end (ResultWriter adds it)."""
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="").writerow(cells)
+    return buf.getvalue()
