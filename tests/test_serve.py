@@ -192,6 +192,9 @@ def test_page_in_a_real_browser(server, synth_root, tmp_path):
         )
         assert lit[2] == clf.feature_cfg.n_mels and lit[0] > 0.05 * lit[1] * lit[2], lit
         assert browser.find_elements(By.CSS_SELECTOR, "#timeline div")
+        _check_time_axis_playback_and_colours(browser, clf, path)
+        browser.save_screenshot(str(tmp_path / "page.png"))
+        assert (tmp_path / "page.png").stat().st_size > 20_000
         bad = tmp_path / "x.txt"
         bad.write_text("not audio")
         browser.find_element(By.ID, "file").send_keys(str(bad))
@@ -199,6 +202,63 @@ def test_page_in_a_real_browser(server, synth_root, tmp_path):
         assert "x.txt" in browser.find_element(By.ID, "error").text
     finally:
         browser.quit()
+
+
+def _check_time_axis_playback_and_colours(browser, clf, path):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from audiovit.plots import class_colour
+
+    seconds = sf.info(str(path)).duration
+    for axis in ("spec-axis", "timeline-axis"):  # a time axis under both views, 0 to the end
+        ticks = browser.find_elements(By.CSS_SELECTOR, f"#{axis} span")
+        assert len(ticks) >= 3 and ticks[0].text == "0.0 s", [t.text for t in ticks]
+        assert float(ticks[-1].text.split()[0]) == pytest.approx(seconds, abs=0.21)
+    player = browser.find_element(By.ID, "player")  # playback of the uploaded file
+    assert player.get_attribute("src").startswith("blob:")
+    WebDriverWait(browser, 20).until(
+        lambda b: b.execute_script("return arguments[0].readyState", player) >= 1
+    )
+    assert browser.execute_script("return arguments[0].duration", player) == pytest.approx(
+        seconds, abs=0.05
+    )
+
+    def cursors():
+        return [
+            float(c.value_of_css_property("left").rstrip("px"))
+            / c.find_element(By.XPATH, "..").size["width"]
+            for c in browser.find_elements(By.CSS_SELECTOR, ".cursor")
+        ]
+
+    browser.execute_script("arguments[0].currentTime = arguments[1]", player, 0.5 * seconds)
+    WebDriverWait(browser, 10).until(lambda b: all(abs(x - 0.5) < 0.02 for x in cursors()))
+    spec = browser.find_element(By.ID, "spec")  # a click on the spectrogram seeks there
+    ActionChains(browser).move_to_element_with_offset(
+        spec, spec.size["width"] // 4, 0
+    ).click().perform()
+    WebDriverWait(browser, 10).until(lambda b: all(abs(x - 0.75) < 0.02 for x in cursors()))
+    assert browser.execute_script("return arguments[0].currentTime", player) == pytest.approx(
+        0.75 * seconds, abs=0.03
+    )
+    # one colour per class for any number of classes, the plots' colours
+    for n in (len(clf.labels), 10, 25):
+        names = [f"class {i}" for i in range(n)]
+        got = browser.execute_script(
+            "const saved = labels; labels = arguments[0]; const el = document.createElement('i');"
+            "document.body.appendChild(el); const out = labels.map((lb) => {"
+            "el.style.color = colour(lb); return getComputedStyle(el).color; });"
+            "el.remove(); labels = saved; return out;",
+            names,
+        )
+        assert len(set(got)) == n, got
+        want = [tuple(round(255 * v) for v in class_colour(names, lb)[:3]) for lb in names]
+        rgb = [tuple(int(v) for v in c[c.index("(") + 1 : -1].split(",")[:3]) for c in got]
+        assert all(max(abs(a - b) for a, b in zip(x, y)) <= 1 for x, y in zip(rgb, want)), (
+            rgb,
+            want,
+        )
 
 
 def test_duration_limit_holds_without_a_header_duration(server, monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import colorsys
 import os
 from pathlib import Path
 
@@ -94,10 +95,14 @@ def timeline_classes(pred, max_lines: int = 10) -> tuple[list[int], list[int]]:
     return winners[: max_lines - 1], winners[max_lines - 1 :]
 
 
-def class_colour(labels: list[str], label: str):
-    """One colour per class, the same in every figure of a model (by the class's index)."""
-    cmap = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")
-    return cmap(labels.index(label) % cmap.N)
+def class_colour(labels: list[str], label: str) -> tuple[float, ...]:
+    """One colour per class, by its index, the same in every figure of a model and on the
+    service's page (page.html's ``colour``): tab10 up to 10 classes; beyond, golden-angle hues at
+    two lightnesses, so that no two classes share a colour however many there are."""
+    i = labels.index(label)
+    if len(labels) <= 10:
+        return plt.get_cmap("tab10")(i)
+    return colorsys.hls_to_rgb((i * 137.508) % 360 / 360, 0.36 if i % 2 else 0.50, 0.65)
 
 
 def timeline(pred, path: str | os.PathLike, max_lines: int = 10) -> None:
