@@ -178,3 +178,22 @@ def test_a_test_fold_on_a_dataset_without_folds_says_so(tmp_path):
     ds = data.load_dataset(_touch_dataset(tmp_path / "d", {"a": 4, "b": 4}))
     with pytest.raises(DataError, match="--test-fold 1: this dataset has no folds"):
         data.make_splits(ds, SplitOptions(test_fold="1"))
+
+
+def test_speakers_who_say_every_word_still_give_a_test_split(tmp_path):
+    """FSDD-like names: 5 speakers × 10 digits, grouped by the README's --group-pattern."""
+    import re
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    pattern = re.search(r"--group-pattern '([^']+)'", readme).group(1)
+    for digit in range(10):
+        (tmp_path / str(digit)).mkdir()
+        for speaker in ("george", "jackson", "lucas", "nicolas", "theo"):
+            for take in range(4):
+                (tmp_path / str(digit) / f"{digit}_{speaker}_{take}.wav").touch()
+    ds = data.load_dataset(tmp_path)
+    for seed in range(3):
+        splits = data.make_splits(ds, SplitOptions(group_pattern=pattern, seed=seed))
+        speakers = {n: {it.group for it in splits[n]} for n in ("train", "valid", "test")}
+        assert [len(speakers[n]) for n in ("train", "valid", "test")] == [3, 1, 1], speakers
+        assert {it.label for it in splits["test"]} == {str(d) for d in range(10)}

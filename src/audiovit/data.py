@@ -213,36 +213,67 @@ def _apply_group_pattern(items: list[Item], pattern: str) -> list[Item]:
 def stratified_group_split(
     items: list[Item], fracs: dict[str, float], seed: int
 ) -> dict[str, list[Item]]:
-    """Split into ``train`` plus the named fractions, per class, whole groups at a time.
+    """Split into ``train`` plus the named fractions, whole groups at a time.
 
-    Items without a group are their own group. A group goes to the class of its most common
-    label; groups are dealt, largest first, to whichever split is furthest below its target, so
-    each class keeps roughly its share in every split and at least one group in train.
+    Items without a group are their own group. Where groups keep to one class (artists of a
+    genre, source recordings of a sound), each class is split on its own, so that every split
+    keeps roughly the class's share: see :func:`_deal`. Where groups span the classes (speakers
+    who each say every word), a group cannot follow its class, and the groups are dealt as one
+    pool; each split asked for then gets at least one group where there are enough, since a
+    test split of speakers no model has heard is the point of grouping by speaker.
     """
     rng = random.Random(seed)
     groups: dict[str, list[Item]] = defaultdict(list)
     for it in items:
         groups[it.group if it.group is not None else f"\0{it.path}"].append(it)
+    pools = list(groups.values())
+    rng.shuffle(pools)
+    majority = [Counter(m.label for m in members).most_common(1)[0] for members in pools]
+    if sum(n for _, n in majority) < 0.9 * len(items):  # groups span the classes
+        out = _deal(pools, fracs, at_least_one=True)
+        trained = {it.label for g in out["train"] for it in g}
+        for label in sorted({it.label for it in items} - trained):
+            if any(it.label == label for g in out["train"] for it in g):
+                continue  # a group moved for another class brought it along
+            # a class no training group holds: its smallest group trains
+            name, g = min(
+                ((k, g) for k in fracs for g in out[k] if any(it.label == label for it in g)),
+                key=lambda kg: len(kg[1]),
+            )
+            out[name].remove(g)
+            out["train"].append(g)
+        return {k: [it for g in v for it in g] for k, v in out.items()}
     by_class: dict[str, list[list[Item]]] = defaultdict(list)
-    for members in groups.values():
-        by_class[Counter(m.label for m in members).most_common(1)[0][0]].append(members)
+    for members, (label, _) in zip(pools, majority):
+        by_class[label].append(members)
     out: dict[str, list[Item]] = {"train": [], **{k: [] for k in fracs}}
     for label in sorted(by_class):
-        class_groups = by_class[label]
-        rng.shuffle(class_groups)
-        class_groups.sort(key=len, reverse=True)  # stable: ties keep their shuffled order
-        total = sum(map(len, class_groups))
-        want = {k: f * total for k, f in fracs.items()}
-        want["train"] = total - sum(want.values())
-        got = dict.fromkeys(want, 0)
-        for i, members in enumerate(class_groups):
-            if i == 0:
-                name = "train"  # every class keeps its largest group for training
-            else:
-                name = max(want, key=lambda k: (want[k] - got[k], k == "train"))
-            out[name] += members
-            got[name] += len(members)
+        for name, part in _deal(by_class[label], fracs, at_least_one=False).items():
+            out[name] += [it for g in part for it in g]
     return out
+
+
+def _deal(
+    groups: list[list[Item]], fracs: dict[str, float], at_least_one: bool
+) -> dict[str, list[list[Item]]]:
+    """Deal groups, largest first, to whichever split is furthest below its share of the items;
+    the largest goes to train, so that train is never empty. With ``at_least_one``, a split asked
+    for that got nothing takes the smallest group of a train that has two or more."""
+    groups = sorted(groups, key=len, reverse=True)  # stable: ties keep their shuffled order
+    total = sum(map(len, groups))
+    want = {k: f * total for k, f in fracs.items()}
+    want = {"train": total - sum(want.values()), **want}
+    got = dict.fromkeys(want, 0)
+    dealt: dict[str, list[list[Item]]] = {k: [] for k in want}
+    for i, members in enumerate(groups):
+        name = "train" if i == 0 else max(want, key=lambda k: (want[k] - got[k], k == "train"))
+        dealt[name].append(members)
+        got[name] += len(members)
+    if at_least_one:
+        for name in sorted(fracs, key=lambda k: k != "test"):  # test first
+            if fracs[name] > 0 and not dealt[name] and len(dealt["train"]) > 1:
+                dealt[name].append(dealt["train"].pop())  # train's smallest
+    return dealt
 
 
 def _relkey(path: str | Path) -> str:
