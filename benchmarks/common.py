@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from audiovit.device import cpu_bf16_flags
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -25,12 +27,14 @@ def cpu_model() -> str:
 
 
 def hardware(device: torch.device, workers: int = 1) -> str:
-    """The device, and on a CPU how its threads were used: 'CPU, 2 threads', or 'CPU, 2 folds
-    at once, 1 thread each'."""
+    """The device, and on a CPU its bf16 units and how its threads were used: 'CPU (AMX +
+    AVX-512 BF16), 2 threads', or 'CPU (no bf16 units), 2 folds at once, 1 thread each'. The
+    units matter: CPUs with one model name differ in them, and train and score differently."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     threads = torch.get_num_threads()
+    cpu = f"{cpu_model()} ({' + '.join(cpu_bf16_flags()) or 'no bf16 units'})"
     if workers > 1:
         per = max(1, threads // workers)
-        return f"{cpu_model()}, {workers} folds at once, {per} thread{'s' if per > 1 else ''} each"
-    return f"{cpu_model()}, {threads} threads"
+        return f"{cpu}, {workers} folds at once, {per} thread{'s' if per > 1 else ''} each"
+    return f"{cpu}, {threads} threads"

@@ -54,7 +54,7 @@ def test_predict_file_waveform_and_features_agree(trained, synth_root):
 @pytest.mark.parametrize("hop_s", [None, 0.25])
 def test_clips_scored_together_equal_clips_scored_alone(trained, hop_s):
     # fp32, a batch of 1 and the clips twice: the flush at 8 windows falls between clips.
-    clf = audiovit.load_model(trained / "model.pt", device="cpu", amp=False, batch_size=1)
+    clf = audiovit.load_model(trained / "model.pt", device="cpu", precision="fp32", batch_size=1)
     g = torch.Generator().manual_seed(0)
     n_mels = clf.feature_cfg.n_mels
     clips = [
@@ -151,3 +151,38 @@ def test_a_mixed_recording_is_headed_by_how_its_time_divides_and_every_winner_is
     assert (tmp_path / "t.png").stat().st_size > 10_000
     steady = _mixed(labels, ["c3"] * 10)
     assert "over time" not in steady.to_text() and steady.time_shares() == [("c3", 1.0)]
+
+
+def test_int8_scores_like_fp32(trained, synth_root, tmp_path):
+    """Every synthetic clip of the test set: the same label, probabilities within 0.05, from the
+    torch backend's int8 and from an int8 ONNX export."""
+    from audiovit.export import export_onnx, load_onnx
+
+    files = sorted(synth_root.rglob("*.wav"))[::4]
+    fp32 = audiovit.load_model(trained / "model.pt", device="cpu", precision="fp32")
+    int8 = audiovit.load_model(trained / "model.pt", device="cpu", precision="int8")
+    onnx8 = load_onnx(export_onnx(trained / "model.pt", tmp_path / "m.onnx", int8=True))
+    assert int8.model is not fp32.model and onnx8.precision == "int8"
+    ref = [fp32.predict(f) for f in files]
+    for clf in (int8, onnx8):
+        got = [clf.predict(f) for f in files]
+        assert [p.label for p in got] == [p.label for p in ref]
+        assert max(np.abs(g.probs - r.probs).max() for g, r in zip(got, ref)) < 0.05
+    modules = list(int8.model.blocks.modules())  # the transformer's linear layers are int8
+    assert not any(type(m) is torch.nn.Linear for m in modules)
+    assert any(type(m).__module__.startswith("torch.ao.nn.quantized.dynamic") for m in modules)
+    assert type(int8.model.head) is torch.nn.Linear and fp32.model.blocks is not int8.model.blocks
+
+
+def test_auto_precision_follows_what_the_cpu_runs_fast(trained, monkeypatch):
+    from audiovit import device as D
+
+    for faster, want in ((True, "bf16"), (False, "int8")):
+        monkeypatch.setattr(D, "cpu_bf16_is_faster", lambda faster=faster: faster)
+        clf = audiovit.load_model(trained / "model.pt", device="cpu")
+        assert clf.precision == want and (clf.amp is not None) == (want == "bf16")
+    assert D.float_precision(torch.device("cpu"), amp=True) == "fp32"  # training: never int8
+    with pytest.raises(ValueError, match="int8 runs on the CPU"):
+        D.inference_precision("int8", torch.device("cuda"))
+    with pytest.raises(ValueError, match="choose one of"):
+        D.inference_precision("fp8", torch.device("cpu"))

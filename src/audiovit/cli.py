@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from .config import help_text
+from .device import PRECISIONS
 from .prediction import OUTPUT_FORMATS, TOP_K
 from .version import __version__
 
@@ -108,7 +109,7 @@ def cmd_evaluate(args) -> int:
     from .features import FeatureCache, default_cache_dir
     from .inference import load_model
 
-    clf = load_model(args.model, device=args.device)
+    clf = load_model(args.model, device=args.device, precision=args.precision)
     ds = load_dataset(args.data)
     split_given = any([args.test_fold, args.split_lists]) or any(it.split for it in ds.items)
     items = _splits(args, ds=ds)[1].test if split_given else ds.items  # else every file
@@ -139,7 +140,7 @@ def cmd_predict(args) -> int:
 
     onnx = args.backend == "onnx" or args.model.suffix.lower() == ".onnx"
     device = distributed.setup(resolve_device("cpu" if onnx else args.device))
-    clf = _load(args.model, device, onnx)
+    clf = _load(args.model, device, onnx, args.precision)
     paths = find_audio_files(args.paths)
     if not paths:
         raise ValueError(f"no audio files in {', '.join(map(str, args.paths))}")
@@ -181,7 +182,7 @@ def cmd_predict(args) -> int:
 def cmd_export(args) -> int:
     from .export import export_onnx
 
-    out = export_onnx(args.model, args.out, opset=args.opset)
+    out = export_onnx(args.model, args.out, opset=args.opset, int8=args.int8)
     print(f"wrote {out} and {out.with_suffix('.json')}")
     return 0
 
@@ -196,7 +197,7 @@ def cmd_explain(args) -> int:
             f"{args.model}: explain needs the model file (model.pt), whose "
             "gradients an ONNX graph does not keep"
         )
-    clf = load_model(args.model, device=args.device)
+    clf = load_model(args.model, device=args.device, precision="fp32")  # int8 has no gradients
     ex = saliency(
         clf,
         args.file,
@@ -226,21 +227,27 @@ def cmd_serve(args) -> int:
     cfg = ServeConfig(**{f.name: getattr(args, f.name) for f in fields if hasattr(args, f.name)})
     check_port(cfg.host, cfg.port)
     onnx = args.model.suffix.lower() == ".onnx"
-    clf = _load(args.model, resolve_device("cpu" if onnx else args.device), onnx)
+    clf = _load(args.model, resolve_device("cpu" if onnx else args.device), onnx, args.precision)
     print(f"serving {args.model} on http://{cfg.host}:{cfg.port}/ (Ctrl-C to stop)", flush=True)
     serve(clf, cfg, name=args.model.parent.name or args.model.stem)
     return 0
 
 
-def _load(model: Path, device, onnx: bool):
-    """A Classifier from a model file, or from an exported .onnx graph (onnxruntime, CPU)."""
+def _load(model: Path, device, onnx: bool, precision: str):
+    """A Classifier from a model file, or from an exported .onnx graph (onnxruntime, CPU; its
+    precision is the graph's, chosen at export)."""
     if onnx:
         from .export import load_onnx
 
+        if precision not in ("auto", "fp32"):
+            raise ValueError(
+                f"{model}: an ONNX graph runs at the precision it was exported with "
+                "(`audiovit export --int8` for int8); --precision is for model files"
+            )
         return load_onnx(model)
     from .inference import load_model
 
-    return load_model(model, device=device)
+    return load_model(model, device=device, precision=precision)
 
 
 def cmd_info(args) -> int:
@@ -258,6 +265,11 @@ def cmd_info(args) -> int:
 
 HOP_HELP = "seconds between scored windows (default: windows side by side, no overlap)"
 DEVICE_HELP = "auto (CUDA when present), cpu, cuda, cuda:1, ..."
+
+PRECISION_HELP = (
+    "how windows are scored: fp32; bf16 autocast; int8 (CPU: the transformer's linear layers "
+    "dynamically quantized); auto: bf16 where the hardware runs it fast, else int8 on a CPU"
+)
 
 
 def _train_parser(sub) -> None:
@@ -306,6 +318,7 @@ def _evaluate_parser(sub) -> None:
     p.add_argument("--out", type=Path, help="folder for report.html, metrics.json, predictions.csv")
     p.add_argument("--hop", type=float, help=HOP_HELP)
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     p.add_argument("--cache-dir", help="feature cache folder")
     _add_split_flags(p)
     p.set_defaults(func=cmd_evaluate)
@@ -357,6 +370,7 @@ def _predict_parser(sub) -> None:
         help="onnx: MODEL is an .onnx file from `audiovit export`",
     )
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     p.set_defaults(func=cmd_predict)
 
 
@@ -372,6 +386,9 @@ def _other_parsers(sub) -> None:
     p.add_argument("--format", choices=["onnx"], default="onnx")
     p.add_argument("--out", type=Path, required=True, help=".onnx file to write")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset version")
+    p.add_argument(
+        "--int8", action="store_true", help="quantize the graph's matrix products to int8"
+    )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("explain", help="draw which time-frequency regions drove a prediction")
@@ -401,6 +418,7 @@ def _other_parsers(sub) -> None:
     p = sub.add_parser("serve", help="HTTP service with a page: POST /predict, GET /health, GET /")
     p.add_argument("model", type=Path, help="model file (model.pt)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     _add_config_flags(p, ServeConfig)
     p.set_defaults(func=cmd_serve)
 

@@ -24,8 +24,12 @@ from .model import ModelConfig
 FORMAT = "audiovit-onnx/1"
 
 
-def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike, *, opset: int = 17) -> Path:
-    """Write ``out`` (.onnx) and ``out`` with .json (labels, feature and model settings)."""
+def export_onnx(
+    model_path: str | os.PathLike, out: str | os.PathLike, *, opset: int = 17, int8: bool = False
+) -> Path:
+    """Write ``out`` (.onnx) and ``out`` with .json (labels, feature and model settings); with
+    ``int8``, the graph's matrix products hold int8 weights and quantize their inputs on the fly
+    (onnxruntime's dynamic quantization, the ONNX counterpart of the torch backend's int8)."""
     out = Path(out)
     if importlib.util.find_spec("onnx") is None:
         raise checkpoint.CheckpointError(
@@ -46,12 +50,15 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike, *, opset:
             opset_version=opset,
             dynamo=False,
         )
+    if int8:
+        _quantize(out)
     sidecar = {
         "format": FORMAT,
         "labels": labels,
         "feature_config": fcfg.to_dict(),
         "model_config": model.cfg.to_dict(),
         "metrics": meta.get("metrics"),
+        "precision": "int8" if int8 else "fp32",
     }
     out.with_suffix(".json").write_text(json.dumps(sidecar, indent=2, ensure_ascii=False))
     return out
@@ -87,6 +94,20 @@ class OnnxModel:
         return self
 
 
+def _quantize(path: Path) -> None:
+    """Replace the fp32 graph at ``path`` by its dynamically quantized int8 form."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    tmp = path.with_name(path.name + ".fp32")
+    path.replace(tmp)
+    try:
+        # the transformer's matrix products, as the torch backend quantizes; the conv stem stays
+        quantize = ["MatMul", "Gemm"]
+        quantize_dynamic(tmp, path, weight_type=QuantType.QInt8, op_types_to_quantize=quantize)
+    finally:
+        tmp.unlink()
+
+
 def load_onnx(path: str | os.PathLike) -> Classifier:
     """A :class:`Classifier` whose windows are scored by onnxruntime."""
     path = Path(path)
@@ -101,6 +122,7 @@ def load_onnx(path: str | os.PathLike) -> Classifier:
     if not isinstance(info, dict) or not all(k in info for k in keys) or info["format"] != FORMAT:
         raise checkpoint.CheckpointError(f"{side}: not an audiovit ONNX sidecar")
     model = OnnxModel(path, info["model_config"])
-    return Classifier(
-        model, FeatureConfig(**info["feature_config"]), info["labels"], device="cpu", amp=False
-    )
+    fcfg = FeatureConfig(**info["feature_config"])
+    clf = Classifier(model, fcfg, info["labels"], device="cpu", precision="fp32")
+    clf.precision = info.get("precision", "fp32")  # an int8 graph is int8 already
+    return clf

@@ -12,6 +12,7 @@ import torch
 
 from . import checkpoint, data, distributed, evaluate, plots, report
 from .batches import Prepared
+from .device import float_precision
 from .evaluate import score_clips
 from .inference import Classifier
 
@@ -36,7 +37,7 @@ def finish(
     predictions.csv, the plots and report.html (rank 0; every rank returns the metrics)."""
     distributed.barrier()  # rank 0 has written model.pt
     model, fcfg, labels, saved_meta = checkpoint.load_model(out / "model.pt", device)
-    clf = Classifier(model, fcfg, labels, device=device, amp=amp)
+    clf = Classifier(model, fcfg, labels, device=device, precision=float_precision(device, amp))
     split = "test" if prep["test"].feats else "valid"
     m, _, probs = score_clips(clf, prep[split].feats, prep[split].targets, hop_s)
     validated = [r for r in log_records if r["valid_loss"] is not None]

@@ -29,7 +29,7 @@ from . import checkpoint, data, distributed, run
 from .batches import Batches, Prepared, balanced_sampling, crop_frames, crops_per_clip, featurise
 from .batches import n_batches as count_batches
 from .config import check, option, same_as
-from .device import autocast_dtype, resolve_device
+from .device import autocast_dtype, float_precision, resolve_device
 from .evaluate import score_clips
 from .features import FeatureCache, FeatureConfig, LogMel, default_cache_dir
 from .inference import Classifier
@@ -196,7 +196,9 @@ def train(
     if state.start:
         meta["start"] = state.start
     log(_describe(t, cfg, fcfg.seconds(n_frames), steps, balanced))
-    clf = Classifier(t.scored, fcfg, labels, device=device, amp=cfg.amp)
+    clf = Classifier(
+        t.scored, fcfg, labels, device=device, precision=float_precision(device, cfg.amp)
+    )
     interrupted = Interrupt()
     try:
         for epoch in range(state.epoch + 1, cfg.epochs + 1):
