@@ -26,14 +26,19 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "CPU"
 
 
+def cpu_label() -> str:
+    """The CPU's model name and bf16 units: 'Intel(R) Xeon(R) Processor (AVX-512 BF16)'. The
+    units matter: CPUs with one model name differ in them, and train and score differently."""
+    return f"{cpu_model()} ({' + '.join(cpu_bf16_flags()) or 'no bf16 units'})"
+
+
 def hardware(device: torch.device, workers: int = 1) -> str:
     """The device, and on a CPU its bf16 units and how its threads were used: 'CPU (AMX +
-    AVX-512 BF16), 2 threads', or 'CPU (no bf16 units), 2 folds at once, 1 thread each'. The
-    units matter: CPUs with one model name differ in them, and train and score differently."""
+    AVX-512 BF16), 2 threads', or 'CPU (no bf16 units), 2 folds at once, 1 thread each'."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     threads = torch.get_num_threads()
-    cpu = f"{cpu_model()} ({' + '.join(cpu_bf16_flags()) or 'no bf16 units'})"
+    cpu = cpu_label()
     if workers > 1:
         per = max(1, threads // workers)
         return f"{cpu}, {workers} folds at once, {per} thread{'s' if per > 1 else ''} each"

@@ -34,13 +34,13 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from audiovit import audio, checkpoint
-from audiovit.device import autocast_dtype
+from audiovit.device import autocast_dtype, cpu_bf16_is_faster
 from audiovit.export import export_onnx, load_onnx
 from audiovit.features import FeatureCache, FeatureConfig, LogMel, file_log_mel
 from audiovit.inference import load_model
 from audiovit.model import PRESETS, ModelConfig, ViT
 from audiovit.train import TrainConfig
-from common import RESULTS, cpu_model
+from common import RESULTS, cpu_label
 
 DEFAULTS = TrainConfig()  # what a new user trains: its mel bands and 3 s crops
 CROP = 304  # frames in a 3 s window at hop 10 ms, rounded to whole patches (as training does)
@@ -230,13 +230,18 @@ def bench_prediction(tmp: Path, clips: list[Path], repeats: int, quick: bool) ->
     checkpoint.save_model(tmp / "model.pt", ViT(mcfg), fcfg, [str(i) for i in range(10)])
     export_onnx(tmp / "model.pt", tmp / "model.onnx")
     clip = clips[0]
-    clf, onnx_clf = load_model(tmp / "model.pt", device="cpu"), load_onnx(tmp / "model.onnx")
+    export_onnx(tmp / "model.pt", tmp / "model-int8.onnx", int8=True)
+    auto = load_model(tmp / "model.pt", device="cpu").precision  # what --precision auto picks
+    routes = {f"torch, {p}": load_model(tmp / "model.pt", device="cpu", precision=p)
+              for p in ("fp32", "bf16", "int8")}  # fmt: skip
+    routes["onnxruntime, fp32"] = load_onnx(tmp / "model.onnx")
+    routes["onnxruntime, int8"] = load_onnx(tmp / "model-int8.onnx")
     latency = {}  # ms-scale and noisy on a shared machine: three times the repeats
     for h, name in ((None, "windows back to back (default)"), (1.5, "hop 1.5 s (half a window)")):
-        latency[f"audiovit (torch, {'bf16' if clf.amp else 'fp32'}), {name}"] = median_time(
-            lambda h=h: clf.predict(clip, hop_s=h), 3 * repeats)  # fmt: skip
-        latency[f"audiovit (onnxruntime, fp32), {name}"] = median_time(
-            lambda h=h: onnx_clf.predict(clip, hop_s=h), 3 * repeats)  # fmt: skip
+        for route, clf in routes.items():
+            tag = ", the default (auto)" if route == f"torch, {auto}" else ""
+            latency[f"audiovit ({route}{tag}), {name}"] = median_time(
+                lambda h=h, clf=clf: clf.predict(clip, hop_s=h), 3 * repeats)  # fmt: skip
     vit_b = tutorial_model()
 
     def tutorial():
@@ -314,6 +319,7 @@ def main() -> None:
         default="cpu",
         help="cpu (the full comparison), or cuda: the GPU rows → speed_cuda.{md,json}",
     )
+    ap.add_argument("--name", help="results file name (default: speed, speed_cuda on a GPU)")
     args = ap.parse_args()
     device = torch.device(args.device)
     repeats = 2 if args.quick else args.repeats
@@ -326,10 +332,13 @@ def main() -> None:
             wave = np.random.default_rng(i).standard_normal(22050 * 30).astype(np.float32) * 0.1
             sf.write(clips[-1], wave, 22050)
         res = {
-            "date": str(date.today()), "cpu_model": cpu_model(),
+            "date": str(date.today()),
+            "cpu_model": cpu_label(),
+            "bf16_faster": cpu_bf16_is_faster(),
             "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
             "command": "python benchmarks/speed.py" + (" --quick" if args.quick else "")
-            + (f" --device {args.device}" if device.type != "cpu" else ""),
+            + (f" --device {args.device}" if device.type != "cpu" else "")
+            + (f" --name {args.name}" if args.name else ""),
             "features": bench_features(clips[:5], repeats, device),
             "training": bench_training(repeats, args.quick, device),
         }  # fmt: skip
@@ -338,7 +347,7 @@ def main() -> None:
             res["prediction"] = bench_prediction_gpu(tmp, clips, repeats, device)
         else:
             res["prediction"] = bench_prediction(tmp, clips, repeats, args.quick)
-    name = "speed" if device.type == "cpu" else f"speed_{device.type}"
+    name = args.name or ("speed" if device.type == "cpu" else f"speed_{device.type}")
     text = render(res) if device.type == "cpu" else render_gpu(res)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(res, indent=2) + "\n")
@@ -351,6 +360,10 @@ def render(r: dict) -> str:
     lines = [f"# Speed ({r['date']}, {r['cpu_model']}, {r['cpu_threads']} threads, torch {r['torch']})",
              "", f"Command: `{r['command']}`. Medians over repeats; ratios are against the "
              "reference measured in the same run.", "",
+             "bf16 autocast " + ("measured faster than fp32 here (device.cpu_bf16_is_faster): "
+             "training and `--precision auto` use it." if r.get("bf16_faster") else "not faster "
+             "than fp32 here (device.cpu_bf16_is_faster): training runs in fp32, `--precision "
+             "auto` picks int8."), "",
              f"## Log-mel features, {r['features']['clip_seconds']:.0f} s clips, "
              f"{r['features']['n_mels']} mel bands",
              "| route | audio-seconds per second | audiovit's speed-up over it |", "|---|---|---|"]  # fmt: skip

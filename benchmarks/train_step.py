@@ -4,10 +4,11 @@ kernel and with its per-tensor loop, on random crops of a given length.
     python benchmarks/train_step.py                 # FSDD-sized crops (48 frames) and 3 s (304)
     python benchmarks/train_step.py --frames 48 --repeats 30
     python benchmarks/train_step.py --side-by-side  # + two 1-thread processes at once (fused)
-    python benchmarks/train_step.py --fp32          # without bf16 autocast, where it is used
+    python benchmarks/train_step.py --precision fp32   # or bf16: whatever training would use
 
-Prints the median milliseconds per step of each; amp follows the hardware as training does
-(``--fp32`` turns it off, to see what autocast buys at each crop length).
+Prints the median milliseconds per step of each; the precision follows the hardware as training
+does (bf16 autocast where it measures faster: device.cpu_bf16_is_faster) unless ``--precision``
+says, to see what autocast buys or costs at each crop length.
 ``--side-by-side`` also runs the fused step in this many processes at once, each with one
 thread, and prints their clips/s together against this process's own (NOTES.md, "Throughput and
 the budget": would two folds trained at once finish sooner than one after the other?).
@@ -29,14 +30,15 @@ from audiovit.device import autocast_dtype
 from audiovit.model import ModelConfig, ViT
 
 
-def step_ms(frames: int, fused: bool, repeats: int, batch: int = 32, fp32: bool = False) -> float:
+def step_ms(
+    frames: int, fused: bool, repeats: int, amp: torch.dtype | None, batch: int = 32
+) -> float:
     torch.manual_seed(0)
     cfg = ModelConfig.from_preset("tiny", n_classes=10, n_mels=64, n_frames=frames, stem="conv",
                                   drop_path=0.1)  # fmt: skip
     model = ViT(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused)
     x, y = torch.randn(batch, 64, frames), torch.randint(0, 10, (batch,))
-    amp = None if fp32 else autocast_dtype(torch.device("cpu"))
     times = []
     for i in range(repeats + 3):  # 3 warm-up steps
         t = time.perf_counter()
@@ -65,22 +67,24 @@ def main() -> None:
         metavar="N",
         help="also time the fused step in N one-thread processes at once (N=2)",
     )
-    p.add_argument("--fp32", action="store_true", help="no autocast, whatever the hardware")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="auto: bf16 autocast where it measures faster, as training")  # fmt: skip
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # fmt: skip
     args = p.parse_args()
+    amp = {"fp32": None, "bf16": torch.bfloat16}.get(args.precision, "auto")
+    amp = autocast_dtype(torch.device("cpu")) if amp == "auto" else amp
     if args.child:  # one process of --side-by-side: print its fused step's milliseconds
         torch.set_num_threads(1)
-        print(step_ms(args.frames[0], True, args.repeats, fp32=args.fp32))
+        print(step_ms(args.frames[0], True, args.repeats, amp))
         return
-    amp = None if args.fp32 else autocast_dtype(torch.device("cpu"))
     print(f"ViT-tiny, batch 32, {torch.get_num_threads()} threads, amp {amp}")
     for frames in args.frames:
-        loop, fused = (step_ms(frames, f, args.repeats, fp32=args.fp32) for f in (False, True))
+        loop, fused = (step_ms(frames, f, args.repeats, amp) for f in (False, True))
         print(f"{frames:4d} frames: per-tensor AdamW {loop:6.1f} ms/step, fused {fused:6.1f} "
               f"({100 * (1 - fused / loop):+.0f} % time saved)")  # fmt: skip
         if args.side_by_side:
             cmd = [sys.executable, __file__, "--child", "--frames", str(frames),
-                   "--repeats", str(args.repeats)] + ["--fp32"] * args.fp32  # fmt: skip
+                   "--repeats", str(args.repeats), "--precision", args.precision]  # fmt: skip
             env = {**os.environ, "OMP_NUM_THREADS": "1"}
             procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
                      for _ in range(args.side_by_side)]  # fmt: skip
