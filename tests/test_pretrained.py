@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -158,3 +159,52 @@ def test_a_dinov2_checkpoint_loads_with_its_layer_scale_folded_and_its_patches_r
         x, state["blocks.0.attn.proj.weight"], state["blocks.0.attn.proj.bias"]
     )
     torch.testing.assert_close(model.blocks[0].attn.proj(x), branch * state["blocks.0.ls1.gamma"])
+
+
+@pytest.mark.parametrize("layout", ["vision_transformer", "big_vision"])
+def test_a_jax_npz_checkpoint_reads_as_timm_computes(tmp_path, layout):
+    """Flax's kernels, applied as Flax applies them, give what the renamed tensors give in
+    timm's layers: patch convolution, q/k/v and output projections, the MLP."""
+    D, H, K, side = 64, 4, 16, 14
+    rng = np.random.default_rng(0)
+    r = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
+    big = layout == "big_vision"
+    pre, (mha, mlp, ln2) = ("params/", (0, 0, 1)) if big else ("", (1, 3, 2))
+    w = {"embedding/kernel": r(16, 16, 3, D), "embedding/bias": r(D), "cls": r(1, 1, D),
+         "pos_embedding" if big else "Transformer/posembed_input/pos_embedding": r(1, 1 + side**2, D),
+         "Transformer/encoder_norm/scale": r(D), "Transformer/encoder_norm/bias": r(D)}  # fmt: skip
+    for i in range(2):
+        b, a = f"Transformer/encoderblock_{i}/", f"Transformer/encoderblock_{i}/MultiHeadDotProductAttention_{mha}/"  # fmt: skip
+        for n in ("LayerNorm_0", f"LayerNorm_{ln2}"):
+            w |= {f"{b}{n}/scale": r(D), f"{b}{n}/bias": r(D)}
+        for n in ("query", "key", "value"):
+            w |= {f"{a}{n}/kernel": r(D, H, K), f"{a}{n}/bias": r(H, K)}
+        w |= {f"{a}out/kernel": r(H, K, D), f"{a}out/bias": r(D)}
+        w |= {f"{b}MlpBlock_{mlp}/Dense_0/kernel": r(D, 4 * D), f"{b}MlpBlock_{mlp}/Dense_0/bias": r(4 * D),
+              f"{b}MlpBlock_{mlp}/Dense_1/kernel": r(4 * D, D), f"{b}MlpBlock_{mlp}/Dense_1/bias": r(D)}  # fmt: skip
+    np.savez(tmp_path / "vit.npz", **{pre + k: v for k, v in w.items()})
+    state = read_state_dict(tmp_path / "vit.npz")
+    T = torch.from_numpy
+    x, img = r(5, D), r(16, 16, 3)
+    a = f"Transformer/encoderblock_1/MultiHeadDotProductAttention_{mha}/"
+    qkv = T(x) @ state["blocks.1.attn.qkv.weight"].T + state["blocks.1.attn.qkv.bias"]
+    for j, n in enumerate(("query", "key", "value")):
+        flax = np.einsum("nd,dhk->nhk", x, w[f"{a}{n}/kernel"]) + w[f"{a}{n}/bias"]
+        torch.testing.assert_close(qkv[:, j * D : (j + 1) * D], T(flax.reshape(5, D)), atol=1e-4, rtol=1e-4)  # fmt: skip
+    heads = r(5, H, K)
+    flax = np.einsum("nhk,hkd->nd", heads, w[f"{a}out/kernel"]) + w[f"{a}out/bias"]
+    torch_out = T(heads.reshape(5, D)) @ state["blocks.1.attn.proj.weight"].T + state["blocks.1.attn.proj.bias"]  # fmt: skip
+    torch.testing.assert_close(torch_out, T(flax), atol=1e-4, rtol=1e-4)
+    fc1 = f"Transformer/encoderblock_0/MlpBlock_{mlp}/Dense_0/kernel"
+    torch.testing.assert_close(T(x) @ state["blocks.0.mlp.fc1.weight"].T, T(x @ w[fc1]), atol=1e-4, rtol=1e-4)  # fmt: skip
+    conv = torch.nn.functional.conv2d(
+        T(img).permute(2, 0, 1)[None], state["patch_embed.proj.weight"]
+    )
+    flax = np.einsum("hwc,hwco->o", img, w["embedding/kernel"])
+    torch.testing.assert_close(conv.flatten(), T(flax), atol=1e-3, rtol=1e-4)
+    model = ViT(small())
+    assert set(load_timm_weights(model, state)) == {"head.weight", "head.bias"}
+    assert torch.isfinite(model(torch.randn(2, 32, 48))).all()
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(CheckpointError, match="junk.npz"):
+        read_state_dict(tmp_path / "junk.npz")

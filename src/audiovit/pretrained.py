@@ -16,6 +16,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -59,7 +60,15 @@ class Start:
 
 
 def read_state_dict(path: str | os.PathLike) -> dict:
-    """The tensors of a ``.safetensors`` file, or of a torch file (loaded without running code)."""
+    """The tensors of a ``.safetensors`` file, of a JAX ``.npz`` ViT checkpoint (renamed to
+    timm's layout: :func:`npz_to_timm`), or of a torch file (loaded without running code)."""
+    if str(path).endswith(".npz"):
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except Exception as e:  # BadZipFile, ValueError (pickled objects), OSError
+            raise CheckpointError(f"{path}: not a readable .npz file ({e})") from None
+        return npz_to_timm(arrays, path)
     if str(path).endswith(".safetensors"):
         from safetensors.torch import load_file
 
@@ -69,6 +78,52 @@ def read_state_dict(path: str | os.PathLike) -> dict:
             msg = f"{path}: not a readable safetensors file ({e})"
             raise CheckpointError(msg) from None
     return safe_load(path)
+
+
+def npz_to_timm(w: dict[str, np.ndarray], path: str | os.PathLike = "") -> dict:
+    """A JAX ViT checkpoint (Google's ``vision_transformer`` or big_vision ``.npz``, as timm's
+    ``_load_weights`` reads it) → tensors named as timm's ViT. Flax stores dense kernels (in,
+    out), attention kernels (D, heads, head_dim) and (heads, head_dim, D), and convolution
+    kernels (h, w, in, out)."""
+    prefix = next((p for p in ("opt/target/", "params/", "") if f"{p}embedding/kernel" in w), None)
+    if prefix is None:
+        raise CheckpointError(f"{path}: no 'embedding/kernel' array: not a JAX ViT checkpoint")
+    big_vision = prefix == "params/"
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).float()  # noqa: E731
+    get = lambda k: w[prefix + k]  # noqa: E731
+    pos = "pos_embedding" if big_vision else "Transformer/posembed_input/pos_embedding"
+    out = {
+        "patch_embed.proj.weight": t(get("embedding/kernel").transpose(3, 2, 0, 1)),
+        "patch_embed.proj.bias": t(get("embedding/bias")),
+        "pos_embed": t(get(pos)),
+        "norm.weight": t(get("Transformer/encoder_norm/scale")),
+        "norm.bias": t(get("Transformer/encoder_norm/bias")),
+    }
+    if prefix + "cls" in w:
+        out["cls_token"] = t(get("cls"))
+    mha, mlp, ln2 = (0, 0, 1) if big_vision else (1, 3, 2)  # the two codebases' module indices
+    i = 0
+    while f"{prefix}Transformer/encoderblock_{i}/LayerNorm_0/scale" in w:
+        b, o = f"Transformer/encoderblock_{i}/", f"blocks.{i}."
+        a = f"{b}MultiHeadDotProductAttention_{mha}/"
+        names = ("query", "key", "value")
+        qkv = [get(f"{a}{n}/kernel").reshape(get(f"{a}{n}/kernel").shape[0], -1) for n in names]
+        out |= {
+            o + "norm1.weight": t(get(f"{b}LayerNorm_0/scale")),
+            o + "norm1.bias": t(get(f"{b}LayerNorm_0/bias")),
+            o + "attn.qkv.weight": t(np.concatenate(qkv, axis=1).T),  # (3D, D)
+            o + "attn.qkv.bias": t(np.concatenate([get(f"{a}{n}/bias").ravel() for n in names])),
+            o + "attn.proj.weight": t(get(f"{a}out/kernel").reshape(-1, qkv[0].shape[0]).T),
+            o + "attn.proj.bias": t(get(f"{a}out/bias")),
+            o + "norm2.weight": t(get(f"{b}LayerNorm_{ln2}/scale")),
+            o + "norm2.bias": t(get(f"{b}LayerNorm_{ln2}/bias")),
+        }
+        for r in range(2):
+            d = f"{b}MlpBlock_{mlp}/Dense_{r}/"
+            out[o + f"mlp.fc{r + 1}.weight"] = t(get(d + "kernel").T)
+            out[o + f"mlp.fc{r + 1}.bias"] = t(get(d + "bias"))
+        i += 1
+    return out
 
 
 def load_timm_weights(model: ViT, state: dict[str, torch.Tensor]) -> list[str]:
@@ -123,7 +178,7 @@ def load_timm_weights(model: ViT, state: dict[str, torch.Tensor]) -> list[str]:
 def read_start(path: str | os.PathLike) -> tuple[dict | None, dict | None]:
     """Read a start once: (the audiovit model file's contents, None), or (None, an image
     checkpoint's state dict)."""
-    if str(path).endswith(".safetensors"):
+    if str(path).endswith((".safetensors", ".npz")):
         return None, read_state_dict(path)
     obj = safe_load(path)
     return (obj, None) if obj.get("format") == checkpoint.FORMAT else (None, obj)

@@ -123,7 +123,7 @@ class TrainConfig:
     init: str | None = option(
         None,
         "start from an audiovit model file (its settings are taken unless given), or an image "
-        "ViT/DeiT checkpoint in timm's layout (.safetensors/.pth)",
+        "ViT/DeiT checkpoint in timm's layout (.safetensors/.pth) or a JAX .npz",
     )
     cache_dir: str | None = option(
         None, "feature cache folder; unset: $AUDIOVIT_CACHE or ~/.cache/audiovit"
