@@ -106,3 +106,20 @@ def test_sharded_predict_merges_in_input_order(trained, synth_root, tmp_path):
     keys = ("path", "label", "error", "files")
     assert [[r[k] for k in keys] for r in one] == [[r[k] for k in keys] for r in two]
     assert [r["path"] for r in two] == [str(p) for p in inputs]
+
+
+def test_two_processes_pretrain_like_one(synth_root, tmp_path):
+    """Every rank draws the whole batch alike and takes its half: with the patch stem (no
+    BatchNorm) two processes take the steps one would."""
+    flags = ["--depth", 1, "--crop-s", 0.5, "--batch-size", 8, "--steps", 4, "--save-every", 2,
+             "--bank", 4, "--n-mels", 32, "--stem", "patch", "--no-amp", "--synthetic", 1]  # fmt: skip
+    one, two = tmp_path / "one", tmp_path / "two"
+    run("pretrain", synth_root, "--out", one, *flags)
+    r = torchrun("pretrain", synth_root, "--out", two, *flags)
+    assert r.stdout.count("step 4/4") == 1  # rank 0 speaks for both
+    a, b = _log(one), _log(two)
+    assert [x["step"] for x in a] == [x["step"] for x in b] == [1, 2, 3, 4]
+    assert all(abs(x["loss"] - y["loss"]) < 1e-3 * abs(x["loss"]) for x, y in zip(a, b)), (a, b)
+    wa, wb = (checkpoint.safe_load(d / "backbone.pt")["state_dict"] for d in (one, two))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-4, rtol=1e-3)

@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
-from . import checkpoint, data, synth
+from . import checkpoint, data, distributed, synth
 from .audio import AudioError
 from .batches import random_crops
 from .config import check, option, same_as
@@ -257,18 +258,30 @@ def pretrain(
     last.pt (for ``resume``) and log.jsonl. Returns backbone.pt's path."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.device)
+    device = distributed.setup(resolve_device(cfg.device))
+    rank, world = distributed.rank(), distributed.world_size()
+    if cfg.batch_size % world:
+        raise PretrainError(f"--batch-size {cfg.batch_size} does not split over {world} processes")
+    log = log if distributed.is_main() else (lambda *a, **k: None)
     amp = autocast_dtype(device) if cfg.amp else None
     fcfg, n_frames = cfg.feature_config(), cfg.n_frames()
     torch.manual_seed(cfg.seed)
     mae = MaskedAutoencoder(ViT(cfg.model_config(n_frames)), cfg.decoder_width, cfg.decoder_depth)
     opt = adamw(mae.to(device), cfg.lr, cfg.weight_decay)
+    net = mae
+    if distributed.active():  # as train: each rank's BatchNorm (conv stem) sees its share
+        net = DistributedDataParallel(mae, device_ids=[device] if device.type == "cuda" else None)
     schedule = Schedule(total=cfg.steps, warmup=max(1, cfg.warmup_steps), lr=cfg.lr, min_lr=1e-6)
     step, records, wall = _restore(out, cfg, mae, opt, log) if resume else (0, [], 0.0)
     crops = _Crops(cfg, LogMel(fcfg), sources, n_frames, step, log)
     log(_describe(mae, cfg, fcfg.seconds(n_frames), crops.share, device, amp))
-    t0, bar = time.perf_counter() - wall, Progress(range(step, cfg.steps), "pretraining")
-    for step in bar:
+    t0 = time.perf_counter() - wall
+    steps = range(step, cfg.steps)
+    share = slice(rank * cfg.batch_size // world, (rank + 1) * cfg.batch_size // world)
+    bar = Progress(steps, "pretraining") if distributed.is_main() else None
+    for step in bar or steps:
+        # Every rank draws the whole batch alike and trains on its share, so that a run under
+        # torchrun sees the crops and masks one process would.
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         x = crops.batch(g)
         mask = random_mask(len(x), mae.encoder.grid[0] * mae.encoder.grid[1], cfg.mask_ratio, g)
@@ -276,19 +289,23 @@ def pretrain(
             group["lr"] = schedule(step)
         mae.train()
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            loss = mae(x.to(device), mask.to(device))
-        if not torch.isfinite(loss):
+            loss = net(x[share].to(device), mask[share].to(device))
+        mean = distributed.all_sum([loss.item()])[0] / world  # equal shares: the batch's mean
+        if not np.isfinite(mean):
             raise PretrainError(f"the loss was not finite at step {step + 1}: try a lower --lr")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(mae.parameters(), 1.0)
         opt.step()
-        records.append({"step": step + 1, "loss": round(loss.item(), 5)})
-        bar.set(loss=float(np.mean([r["loss"] for r in records[-20:]])))
+        records.append({"step": step + 1, "loss": round(mean, 5)})
+        if bar:
+            bar.set(loss=float(np.mean([r["loss"] for r in records[-20:]])))
         crops.refresh()
         if step + 1 == cfg.steps or (step + 1) % cfg.save_every == 0:
             wall = time.perf_counter() - t0
-            _save(out, cfg, mae, opt, step + 1, records, wall, fcfg)
+            if distributed.is_main():
+                _save(out, cfg, mae, opt, step + 1, records, wall, fcfg)
+            distributed.barrier()  # no rank runs ahead of a save it may resume from
             recent = np.mean([r["loss"] for r in records[-cfg.save_every :]])
             log(f"step {step + 1}/{cfg.steps}  loss {recent:.4f}  {wall:.0f} s")
     return out / "backbone.pt"
