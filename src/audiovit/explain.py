@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from . import audio
 from .features import file_log_mel
 from .inference import Classifier, frame_windows
-from .prediction import Prediction
+from .prediction import TOP_K, Prediction
 
 MAX_SECONDS = 120.0  # a longer span draws too thin to read and holds its gradients in memory
 
@@ -57,7 +57,7 @@ def saliency(
     start_s: float = 0.0,
     end_s: float | None = None,
     max_seconds: float = MAX_SECONDS,
-    top_k: int = 3,
+    top_k: int = TOP_K,
     hop_s: float | None = None,
 ) -> Explanation:
     """Explain ``label`` (default: the span's top class) over ``start_s``–``end_s`` of a file
