@@ -13,7 +13,7 @@ from helpers import run  # noqa: E402
 
 def test_onnx_logits_match_eager_pytorch(trained, tmp_path):
     out = export_onnx(trained / "model.pt", tmp_path / "model.onnx")
-    eager = audiovit.load_model(trained / "model.pt", device="cpu")
+    eager = audiovit.load_model(trained / "model.pt", device="cpu", precision="fp32")
     onnx = load_onnx(out)
     assert onnx.labels == eager.labels and onnx.feature_cfg == eager.feature_cfg
     x = torch.randn(7, eager.feature_cfg.n_mels, eager.win) * 15 - 40
@@ -27,7 +27,9 @@ def test_onnx_logits_match_eager_pytorch(trained, tmp_path):
 def test_predict_with_the_onnx_backend(trained, synth_root, tmp_path):
     run("export", trained / "model.pt", "--format", "onnx", "--out", tmp_path / "m.onnx")
     path = sorted((synth_root / "tone").glob("*.wav"))[0]
-    expected = audiovit.load_model(trained / "model.pt", device="cpu", amp=False).predict(path)
+    expected = audiovit.load_model(trained / "model.pt", device="cpu", precision="fp32").predict(
+        path
+    )
     r = run("predict", tmp_path / "m.onnx", path, "--backend", "onnx", "--json")
     got = json.loads(r.stdout)
     assert got["label"] == expected.label and got["score"] == pytest.approx(
