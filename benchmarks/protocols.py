@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from audiovit import checkpoint, data, evaluate
-from audiovit.device import resolve_device
+from audiovit.device import float_precision, resolve_device
 from audiovit.features import FeatureCache, LogMel
 from audiovit.inference import Classifier
 from audiovit.loop import BEFORE_FIELD
@@ -88,7 +88,7 @@ def other_rule_predictions(
         model, fcfg, labels, _ = checkpoint.load_model(run / "model.pt", device)
         state = checkpoint.safe_load(run / "last.pt")
         model.load_state_dict(state["ema"] if "ema" in state else state["model"])
-    clf = Classifier(model, fcfg, labels, device=device, amp=cfg.amp)
+    clf = Classifier(model, fcfg, labels, device=device, precision=float_precision(device, cfg.amp))
     _, _, scored = evaluate.evaluate_items(clf, test, cache, cfg.eval_hop_s)
     return [it.label for it, _ in scored], [labels[int(p.argmax())] for _, p in scored]
 
