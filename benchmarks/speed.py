@@ -220,6 +220,26 @@ def bench_training(repeats: int, quick: bool, device: torch.device = CPU) -> dic
             "matmul_gflop_per_s": {k: v / 1e9 for k, v in mm.items()}}  # fmt: skip
 
 
+def bench_pretraining(tmp: Path, quick: bool, device: torch.device = CPU) -> dict:
+    """`audiovit pretrain`'s own loop at its defaults (procedural audio, batch 64, 3 s crops,
+    75 % hidden), crops per second between its first save and its last: start-up, the first
+    procedural bank and the first steps excluded."""
+    from audiovit.pretrain import PretrainConfig, pretrain
+
+    steps = 12 if quick else 30
+    cfg = PretrainConfig(steps=steps, save_every=steps // 3, bank=16, device=str(device))
+    walls: list[float] = []  # the wall clock at each save, from pretrain's log lines
+
+    def log(line: str) -> None:
+        if line.startswith("step "):
+            walls.append(float(line.split()[-2]))
+
+    pretrain(cfg, tmp / "pretrain", log=log)
+    per_step = (walls[-1] - walls[0]) / (steps - steps // 3)
+    return {"crops_per_s": cfg.batch_size / per_step, "steps": steps, "batch": cfg.batch_size,
+            "bf16": autocast_dtype(device) is not None}  # fmt: skip
+
+
 def bench_prediction(tmp: Path, clips: list[Path], repeats: int, quick: bool) -> dict:
     import librosa
 
@@ -341,6 +361,7 @@ def main() -> None:
             + (f" --name {args.name}" if args.name else ""),
             "features": bench_features(clips[:5], repeats, device),
             "training": bench_training(repeats, args.quick, device),
+            "pretraining": bench_pretraining(tmp, args.quick, device),
         }  # fmt: skip
         if device.type == "cuda":
             res["gpu"] = torch.cuda.get_device_name(device)
@@ -396,6 +417,12 @@ def render(r: dict) -> str:
               f"(one 480×480 image per clip); audiovit tiny {1000 * crops / best / 60:.1f} min "
               f"({crops} random 3 s crops per clip) — "
               f"{(1000 / tut) / (1000 * crops / best):.0f}× cheaper."]  # fmt: skip
+
+    if "pretraining" in r:
+        pt = r["pretraining"]
+        lines += ["", f"Pretraining (`audiovit pretrain` at its defaults: batch {pt['batch']}, "
+                  f"3 s crops, 75 % hidden, procedural audio, {'bf16' if pt['bf16'] else 'fp32'}): "
+                  f"{pt['crops_per_s']:.0f} crops per second."]  # fmt: skip
 
     p = r["prediction"]
     lat = p["latency_s"]

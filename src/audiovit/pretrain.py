@@ -307,7 +307,7 @@ def pretrain(
                 _save(out, cfg, mae, opt, step + 1, records, wall, fcfg)
             distributed.barrier()  # no rank runs ahead of a save it may resume from
             recent = np.mean([r["loss"] for r in records[-cfg.save_every :]])
-            log(f"step {step + 1}/{cfg.steps}  loss {recent:.4f}  {wall:.0f} s")
+            log(f"step {step + 1}/{cfg.steps}  loss {recent:.4f}  {wall:.1f} s")
     return out / "backbone.pt"
 
 
