@@ -90,14 +90,8 @@ def saliency(
         probs = logits.detach().float().softmax(dim=-1).cpu()
         target = int(probs.mean(dim=0).argmax()) if label is None else clf.labels.index(label)
         logits[:, target].sum().backward()
-    grad = x.grad.abs().cpu()  # (W, F, win)
-    total, count = torch.zeros(feats.shape[0], max(T, clf.win)), torch.zeros(max(T, clf.win))
-    weight = probs[:, target]  # windows count as much as they voted for the class
-    for s, g, w in zip(starts, grad, weight):
-        total[:, s : s + clf.win] += w * g
-        count[s : s + clf.win] += 1
-    sal = (total / count.clamp(min=1))[:, :T]
-    sal = F.avg_pool2d(sal[None, None], 3, stride=1, padding=1, count_include_pad=False)[0, 0]
+    # windows count as much as they voted for the class
+    sal = _overlap_mean(x.grad.abs().cpu(), starts, probs[:, target], T)
     seconds = cfg.seconds(T)
     pred = clf.make_prediction(starts, probs, seconds, top_k, str(path))
     return Explanation(
@@ -111,3 +105,15 @@ def saliency(
         saliency=sal.numpy(),
         file_s=file_s,
     )
+
+
+def _overlap_mean(grad: torch.Tensor, starts: list[int], weight: torch.Tensor, T: int):
+    """Per-window gradients (W, F, win), weighted, averaged where windows overlap and smoothed
+    over 3×3 cells → (F, T)."""
+    W, n_mels, win = grad.shape
+    total, count = torch.zeros(n_mels, max(T, win)), torch.zeros(max(T, win))
+    for s, g, w in zip(starts, grad, weight):
+        total[:, s : s + win] += w * g
+        count[s : s + win] += 1
+    sal = (total / count.clamp(min=1))[:, :T]
+    return F.avg_pool2d(sal[None, None], 3, stride=1, padding=1, count_include_pad=False)[0, 0]
