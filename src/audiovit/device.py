@@ -52,9 +52,10 @@ def cpu_bf16_flags() -> list[str]:
 @functools.cache
 def cpu_bf16_is_faster() -> bool:
     """Whether bf16 autocast beats fp32 at a ViT-tiny MLP's matrix product on this CPU, timed
-    once per process (~50 ms). The flags alone do not tell: AMX Xeons and an AMD EPYC with
-    AVX-512 BF16 ran the model 1.4-1.5× faster in bf16, but a Xeon with AVX-512 BF16 and no AMX
-    ran the same matrix products 1.2-2× slower than fp32 (benchmarks/NOTES.md, "bf16")."""
+    once per process (~0.1 s). The flags alone do not tell: an AMD EPYC with AVX-512 BF16 ran
+    the model 1.4× faster in bf16, but a Xeon with AVX-512 BF16 and no AMX ran its matrix
+    products up to 2× slower than fp32 (benchmarks/NOTES.md, "Speed: the targets and the
+    profiles")."""
     if not cpu_bf16_flags():
         return False
     a, b = torch.randn(2432, 192), torch.randn(192, 768)  # 32 crops × 76 tokens, 192 → 768
@@ -80,8 +81,9 @@ PRECISIONS = ("auto", "fp32", "bf16", "int8")  # how a Classifier scores windows
 
 
 def inference_precision(precision: str, device: torch.device) -> str:
-    """``auto`` → bf16 where the hardware runs it fast, else int8 on a CPU (the transformer's
-    linear layers dynamically quantized: benchmarks/NOTES.md, "int8"), else fp32."""
+    """``auto`` → bf16 where the hardware runs it faster, else int8 on a CPU (the transformer's
+    linear layers dynamically quantized: 1.4× fp32 on a CPU without fast bf16, benchmarks/
+    NOTES.md, "Speed: the targets and the profiles"), else fp32."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     if precision == "int8" and device.type != "cpu":
