@@ -227,9 +227,9 @@ def stratified_group_split(
     for it in items:
         groups[it.group if it.group is not None else f"\0{it.path}"].append(it)
     pools = list(groups.values())
-    rng.shuffle(pools)
     majority = [Counter(m.label for m in members).most_common(1)[0] for members in pools]
     if sum(n for _, n in majority) < 0.9 * len(items):  # groups span the classes
+        rng.shuffle(pools)
         out = _deal(pools, fracs, at_least_one=True)
         trained = {it.label for g in out["train"] for it in g}
         for label in sorted({it.label for it in items} - trained):
@@ -248,6 +248,7 @@ def stratified_group_split(
         by_class[label].append(members)
     out: dict[str, list[Item]] = {"train": [], **{k: [] for k in fracs}}
     for label in sorted(by_class):
+        rng.shuffle(by_class[label])
         for name, part in _deal(by_class[label], fracs, at_least_one=False).items():
             out[name] += [it for g in part for it in g]
     return out
