@@ -51,7 +51,15 @@ from audiovit.loop import BEFORE_FIELD
 from audiovit.pretrained import start_settings
 from audiovit.train import MIN_VALID_PER_CLASS, TrainConfig
 from common import RESULTS, ROOT
-from protocols import PROTOCOLS, FoldsFailed, default_workers, kept_cell, rule_cell, run_protocols
+from protocols import (
+    BENCHMARK,
+    PROTOCOLS,
+    FoldsFailed,
+    default_workers,
+    kept_cell,
+    rule_cell,
+    run_protocols,
+)
 
 
 def row_key(row: dict) -> str:
@@ -140,7 +148,7 @@ def main(argv=None) -> int:
         "protocols",
         nargs="*",
         metavar="PROTOCOL",
-        help=f"any of {', '.join(PROTOCOLS)} (default: all)",
+        help=f"any of {', '.join(PROTOCOLS)} (default: {', '.join(BENCHMARK)})",
     )
     p.add_argument(
         "--data",
@@ -209,7 +217,7 @@ def main(argv=None) -> int:
         write_results(rows)
         return 0
     names = []
-    for name in args.protocols or list(PROTOCOLS):
+    for name in args.protocols or BENCHMARK:
         manifest = args.data / PROTOCOLS[name].manifest
         if manifest.is_file():
             names.append(name)

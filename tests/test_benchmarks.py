@@ -196,3 +196,26 @@ def test_rule_columns_read_each_rules_score_and_older_rows_their_kept_one():
     assert (protocols.rule_cell(kept_last, "best"), protocols.rule_cell(kept_last, "last")) == (
         "—", "0.700")  # fmt: skip
     assert protocols.kept_rules({"folds": [{"keep": "last"}, {}]}) == {"best", "last"}
+
+
+def test_a_small_data_protocol_keeps_n_clips_per_class_and_training_fold_and_the_test_fold_whole(
+    synth_root, tmp_path, monkeypatch
+):
+    two_fold_protocol(synth_root, tmp_path, monkeypatch)
+    small = protocols.Protocol("synth", "few", "manifest.csv", "1", "single", 0.5, 1.0,
+                               per_class_fold=2, in_benchmark=False)  # fmt: skip
+    monkeypatch.setitem(protocols.PROTOCOLS, "small", small)
+    args = argparse.Namespace(data=tmp_path, runs=tmp_path / "runs")
+    [job] = protocols.protocol_jobs("small", args)
+    full = protocols.data.load_dataset(tmp_path / "manifest.csv")
+    test = [it for it in full.items if it.fold == "1"]
+    assert sorted(map(str, (it.path for it in job.splits.test))) == sorted(
+        str(it.path) for it in test
+    )
+    kept = job.splits.train + job.splits.valid
+    assert len(kept) == 2 * len(full.labels)  # 2 of each class from the one training fold
+    for label in full.labels:
+        first = sorted(str(it.path) for it in full.items if it.fold == "0" and it.label == label)
+        assert sorted(str(it.path) for it in kept if it.label == label) == first[:2]
+    # accuracy.py runs the four headline protocols unless it is named
+    assert protocols.BENCHMARK == ["fsdd-official", "fsdd-speaker", "gtzan-artist", "us8k"]

@@ -277,6 +277,24 @@ def test_the_log_counts_the_crops_an_epoch_trained(synth_root, tmp_path):
     assert crops == pytest.approx(n_train, rel=0.05)
 
 
+def test_min_steps_adds_epochs_to_a_run_of_few_steps_and_records_them(synth_root, tmp_path):
+    ds, splits = _splits(synth_root)
+    lines = []
+    cfg = TrainConfig(**{**FAST, "epochs": 1, "batch_size": 512, "max_crop_s": 9.0}, depth=1,
+                      min_steps=3, cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    train(ds, splits, cfg, tmp_path / "run", log=lines.append)
+    assert any("1 steps per epoch: training 3 epochs, not 1" in line for line in lines), lines
+    log = [json.loads(r) for r in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2, 3]
+    saved = checkpoint.load_model(tmp_path / "run" / "model.pt")[3]["train_config"]
+    assert (saved["epochs"], saved["min_steps"]) == (3, 3)  # what ran, and why
+    # enough steps already: the epochs stay as asked
+    lines.clear()
+    train(ds, splits, replace(cfg, min_steps=1), tmp_path / "run2", log=lines.append)
+    assert not any("--min-steps" in line for line in lines)
+    assert len((tmp_path / "run2" / "log.jsonl").read_text().splitlines()) == 1
+
+
 def test_resume_ignores_where_features_live_but_not_a_changed_setting(tmp_path):
     from audiovit.loop import LoopState, restore, save_state
     from audiovit.train import _trainer, build_model

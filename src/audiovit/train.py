@@ -55,6 +55,9 @@ class TrainConfig:
     preset: str = option("tiny", "model size (width, layers, heads of DeiT's)", choices=(*PRESETS,))
     depth: int | None = option(None, "transformer layers, overriding the preset's", low=0)
     epochs: int = option(30, "passes over the training clips", low=1)
+    min_steps: int = option(
+        0, "more epochs where --epochs would take fewer optimiser steps than this; 0: off", low=0
+    )
     batch_size: int = option(32, "crops per optimiser step", low=1)
     lr: float = option(5e-4, "peak AdamW learning rate, reached after warm-up", low=1e-12)
     min_lr: float = option(1e-6, "learning rate at the end of the cosine decay", low=0)
@@ -186,6 +189,7 @@ def train(
     model = build_model(cfg, len(labels), n_frames)
     start = _load_init(model, cfg, labels, log) if cfg.init and not resuming else None
     steps = count_batches(len(prep["train"].feats) * repeats, cfg.batch_size)
+    cfg = _enough_epochs(cfg, steps, log)
     t = _trainer(cfg, model.to(device), steps, device, teacher, log)
     state = restore(out, cfg, labels, t, log) if resume else LoopState()
     if not resuming:  # a resumed run's start is the one its last.pt names
@@ -332,6 +336,20 @@ def _load_init(model: ViT, cfg: TrainConfig, labels: list[str], log) -> dict:
     hint = " (an image model has no conv stem: --stem patch loads its patch embedding)"
     log(start.describe() + (hint if no_stem else ""))
     return start.to_dict()
+
+
+def _enough_epochs(cfg: TrainConfig, steps: int, log) -> TrainConfig:
+    """``cfg`` with the epochs raised to take at least ``cfg.min_steps`` optimiser steps of
+    ``steps`` each: a few hundred clips make epochs of a dozen steps, too few in all to fit them.
+    The warm-up and the weight average stay counted in epochs."""
+    epochs = max(cfg.epochs, -(-cfg.min_steps // steps))
+    if epochs == cfg.epochs:
+        return cfg
+    log(
+        f"{steps} steps per epoch: training {epochs} epochs, not {cfg.epochs}, to take the "
+        f"{cfg.min_steps} steps of --min-steps"
+    )
+    return replace(cfg, epochs=epochs)
 
 
 def _trainer(cfg: TrainConfig, model: ViT, steps: int, device, teacher, log) -> Trainer:
