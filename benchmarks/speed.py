@@ -1,7 +1,7 @@
 """Speed benchmark: audiovit against librosa, the tutorial pipeline and the hardware's own
 matmul rate. Writes benchmarks/results/speed.{md,json}.
 
-    python benchmarks/speed.py [--repeats 5] [--quick]
+    python benchmarks/speed.py [--repeats 5] [--quick | --compare]
 
 One run measures, on the same synthetic 30 s clips (written to a temporary folder), medians over
 repeats of: log-mel throughput (decode included and not; one file at a time, and the training
@@ -12,7 +12,9 @@ on 480×480 inputs (900 tokens); end-to-end latency of one 30 s file (torch and 
 against the tutorial pipeline; `audiovit predict` over a folder; an hour-long file's time and
 peak memory. Model FLOPs come from torch's FlopCounterMode, so the achieved FLOP/s sit next to
 the machine's measured matmul FLOP/s. librosa, matplotlib and onnxruntime are benchmark-only
-references here (librosa and onnxruntime are in the test extras).
+references here (librosa and onnxruntime are in the test extras). Every report opens with the
+targets of fast-on-every-CPU, each audiovit figure next to its reference from the same run;
+``--compare`` measures only those rows (a couple of minutes) and prints that table.
 """
 
 from __future__ import annotations
@@ -47,6 +49,11 @@ CROP = 304  # frames in a 3 s window at hop 10 ms, rounded to whole patches (as 
 CPU = torch.device("cpu")
 TUTORIAL_SIDE = 480  # the tutorial's image size: 30 × 30 = 900 patches of 16 × 16
 CACHE_WORKERS = 2  # train's feature cache fill: files decoded at once (FeatureCache.get_many)
+DECODED = "audiovit, decode + log-mel"
+LIBROSA_DECODED = "librosa, load + melspectrogram"
+TUTORIAL_TRAINING = "tutorial ViT-Base, 480×480, fp32"
+TUTORIAL_PREDICTION = "tutorial (render + ViT-Base 480×480)"
+BACK_TO_BACK = "windows back to back (default)"
 CACHE_ROUTE = f"audiovit, feature cache fill ({CACHE_WORKERS} files at a time, float16 to disk)"
 
 
@@ -114,12 +121,14 @@ def reference_routes(clips: list[Path], waves: list[np.ndarray], cfg: FeatureCon
             y, sr = librosa.load(p)
             tutorial_image(y, sr)
 
-    return [("librosa, load + melspectrogram", librosa_decoded),
+    return [(LIBROSA_DECODED, librosa_decoded),
             ("tutorial, load + render to 480×480 PNG", tutorial_decoded),
             ("librosa, melspectrogram only", librosa_features)]  # fmt: skip
 
 
-def bench_features(clips: list[Path], repeats: int, device: torch.device = CPU) -> dict:
+def bench_features(
+    clips: list[Path], repeats: int, device: torch.device = CPU, compare: bool = False
+) -> dict:
     cfg = DEFAULTS.feature_config()
     lm = LogMel(cfg).to(device)
     seconds = sum(sf.info(str(p)).duration for p in clips)
@@ -139,11 +148,13 @@ def bench_features(clips: list[Path], repeats: int, device: torch.device = CPU) 
         with tempfile.TemporaryDirectory() as d:
             list(FeatureCache(d, lm).get_many(clips, workers=CACHE_WORKERS))
 
-    routes = [("audiovit, decode + log-mel", ours_decoded),
+    routes = [(DECODED, ours_decoded),
               ("audiovit, log-mel only", ours_features)]  # fmt: skip
     if device.type == "cpu":  # the cache fill and the references: CPU programs, in the CPU run
         routes.insert(1, (CACHE_ROUTE, ours_cache_fill))
         routes += reference_routes(clips, waves, cfg)
+    if compare:  # the target's pair only
+        routes = [r for r in routes if r[0] in (DECODED, LIBROSA_DECODED)]
     rows = {name: seconds / median_time(fn, repeats) for name, fn in routes}
     return {"audio_seconds_per_second": rows, "clips": len(clips),
             "clip_seconds": seconds / len(clips), "n_mels": cfg.n_mels}  # fmt: skip
@@ -186,20 +197,23 @@ def matmul_flops(repeats: int, device: torch.device = CPU) -> dict:
     return out
 
 
-def bench_training(repeats: int, quick: bool, device: torch.device = CPU) -> dict:
+def bench_training(
+    repeats: int, quick: bool, device: torch.device = CPU, compare: bool = False
+) -> dict:
     """Training steps on random inputs. On a GPU: batch 256 (small batches leave it idle), and no
-    torch.compile rows (its minutes of compiling don't fit a short device lease)."""
+    torch.compile rows (its minutes of compiling don't fit a short device lease). ``compare``:
+    tiny in fp32 and bf16 only."""
     gpu = device.type == "cuda"
     bf16 = autocast_dtype(device) or torch.bfloat16
     rows = {}
     batch = 256 if gpu else 16
-    for preset in ["tiny"] if quick else list(PRESETS):
+    for preset in ["tiny"] if quick or compare else list(PRESETS):
         mcfg = ModelConfig.from_preset(preset, n_classes=10, n_mels=DEFAULTS.n_mels, n_frames=CROP,
                                        stem=DEFAULTS.stem, pool=DEFAULTS.pool)  # fmt: skip
         model = ViT(mcfg).to(device)
         flops = train_flops(model, batch)
         variants = [("fp32", None, False), ("bf16", bf16, False)]
-        if preset == "tiny" and not gpu:
+        if preset == "tiny" and not gpu and not compare:
             variants += [("fp32 + compile", None, True), ("bf16 + compile", bf16, True)]
         for name, amp, compiled in variants:
             step = train_step_fn(model, batch, amp, compiled)
@@ -209,12 +223,13 @@ def bench_training(repeats: int, quick: bool, device: torch.device = CPU) -> dic
             t = median_time(step, repeats if preset == "tiny" or gpu else 2, warmup=1)
             rows[f"{preset} {name}"] = {"clips_per_s": batch / t, "gflop_per_s": flops / t / 1e9,
                                         "first_step_s": first}  # fmt: skip
-    tb = 16 if gpu else 2
-    model = tutorial_model().train().to(device)
-    flops = train_flops(model, tb)
-    t = median_time(train_step_fn(model, tb, None), repeats if gpu else 1 if quick else 2, warmup=1)
-    rows["tutorial ViT-Base, 480×480, fp32"] = {"clips_per_s": tb / t,
-                                                "gflop_per_s": flops / t / 1e9}  # fmt: skip
+    if not compare:
+        tb = 16 if gpu else 2
+        model = tutorial_model().train().to(device)
+        flops = train_flops(model, tb)
+        t = median_time(train_step_fn(model, tb, None), repeats if gpu else 1 if quick else 2,
+                        warmup=1)  # fmt: skip
+        rows[TUTORIAL_TRAINING] = {"clips_per_s": tb / t, "gflop_per_s": flops / t / 1e9}
     mm = matmul_flops(repeats, device)
     return {"batch": batch, "crop_frames": CROP, "n_mels": DEFAULTS.n_mels, "rows": rows,
             "matmul_gflop_per_s": {k: v / 1e9 for k, v in mm.items()}}  # fmt: skip
@@ -240,7 +255,11 @@ def bench_pretraining(tmp: Path, quick: bool, device: torch.device = CPU) -> dic
             "bf16": autocast_dtype(device) is not None}  # fmt: skip
 
 
-def bench_prediction(tmp: Path, clips: list[Path], repeats: int, quick: bool) -> dict:
+def bench_prediction(
+    tmp: Path, clips: list[Path], repeats: int, quick: bool, compare: bool = False
+) -> dict:
+    """One 30 s file by every route, the tutorial's included; `audiovit predict` over a folder
+    and a long file's time and memory. ``compare``: the default route and the tutorial only."""
     import librosa
 
     mcfg = ModelConfig.from_preset(
@@ -248,16 +267,18 @@ def bench_prediction(tmp: Path, clips: list[Path], repeats: int, quick: bool) ->
     )
     fcfg = DEFAULTS.feature_config()
     checkpoint.save_model(tmp / "model.pt", ViT(mcfg), fcfg, [str(i) for i in range(10)])
-    export_onnx(tmp / "model.pt", tmp / "model.onnx")
     clip = clips[0]
-    export_onnx(tmp / "model.pt", tmp / "model-int8.onnx", int8=True)
     auto = load_model(tmp / "model.pt", device="cpu").precision  # what --precision auto picks
     routes = {f"torch, {p}": load_model(tmp / "model.pt", device="cpu", precision=p)
-              for p in ("fp32", "bf16", "int8")}  # fmt: skip
-    routes["onnxruntime, fp32"] = load_onnx(tmp / "model.onnx")
-    routes["onnxruntime, int8"] = load_onnx(tmp / "model-int8.onnx")
+              for p in (("fp32", "bf16", "int8") if not compare else (auto,))}  # fmt: skip
+    if not compare:
+        export_onnx(tmp / "model.pt", tmp / "model.onnx")
+        export_onnx(tmp / "model.pt", tmp / "model-int8.onnx", int8=True)
+        routes["onnxruntime, fp32"] = load_onnx(tmp / "model.onnx")
+        routes["onnxruntime, int8"] = load_onnx(tmp / "model-int8.onnx")
     latency = {}  # ms-scale and noisy on a shared machine: three times the repeats
-    for h, name in ((None, "windows back to back (default)"), (1.5, "hop 1.5 s (half a window)")):
+    hops = ((None, BACK_TO_BACK), (1.5, "hop 1.5 s (half a window)"))
+    for h, name in hops[:1] if compare else hops:
         for route, clf in routes.items():
             tag = ", the default (auto)" if route == f"torch, {auto}" else ""
             latency[f"audiovit ({route}{tag}), {name}"] = median_time(
@@ -270,7 +291,9 @@ def bench_prediction(tmp: Path, clips: list[Path], repeats: int, quick: bool) ->
         with torch.inference_mode():  # one channel of the image stands for its three
             vit_b(torch.from_numpy(img[None, :, :, 0].astype(np.float32)))
 
-    latency["tutorial (render + ViT-Base 480×480)"] = median_time(tutorial, 2 if quick else 3)
+    latency[TUTORIAL_PREDICTION] = median_time(tutorial, 2 if quick or compare else 3)
+    if compare:
+        return {"latency_s": latency, "auto": auto}
 
     # `audiovit predict` over a folder, process start-up and model load included
     seconds = sum(sf.info(str(p)).duration for p in clips)
@@ -298,6 +321,7 @@ def bench_prediction(tmp: Path, clips: list[Path], repeats: int, quick: bool) ->
     long_s, peak_mb = map(float, r.stdout.split())
     return {
         "latency_s": latency,
+        "auto": auto,
         "folder": {"files": len(clips), "audio_s": seconds, "seconds": folder_s,
                    "hours_per_minute": seconds / 3600 / (folder_s / 60)},
         "long_file": {"minutes": minutes, "seconds": long_s, "peak_rss_mb": peak_mb,
@@ -339,8 +363,13 @@ def main() -> None:
         default="cpu",
         help="cpu (the full comparison), or cuda: the GPU rows → speed_cuda.{md,json}",
     )
+    ap.add_argument("--compare", action="store_true",
+                    help="only the rows of the targets; print their table (writes results with "
+                    "--name only)")  # fmt: skip
     ap.add_argument("--name", help="results file name (default: speed, speed_cuda on a GPU)")
     args = ap.parse_args()
+    if args.compare and (args.quick or args.device != "cpu"):
+        ap.error("--compare measures the CPU targets at full repeats: no --quick, no --device")
     device = torch.device(args.device)
     repeats = 2 if args.quick else args.repeats
     with tempfile.TemporaryDirectory() as d:
@@ -357,39 +386,89 @@ def main() -> None:
             "bf16_faster": cpu_bf16_is_faster(),
             "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
             "command": "python benchmarks/speed.py" + (" --quick" if args.quick else "")
+            + (" --compare" if args.compare else "")
+            + (f" --repeats {args.repeats}" if args.repeats != 5 and not args.quick else "")
             + (f" --device {args.device}" if device.type != "cpu" else "")
             + (f" --name {args.name}" if args.name else ""),
-            "features": bench_features(clips[:5], repeats, device),
-            "training": bench_training(repeats, args.quick, device),
+            "features": bench_features(clips[:5], repeats, device, args.compare),
+            "training": bench_training(repeats, args.quick, device, args.compare),
             "pretraining": bench_pretraining(tmp, args.quick, device),
         }  # fmt: skip
         if device.type == "cuda":
             res["gpu"] = torch.cuda.get_device_name(device)
             res["prediction"] = bench_prediction_gpu(tmp, clips, repeats, device)
         else:
-            res["prediction"] = bench_prediction(tmp, clips, repeats, args.quick)
+            res["prediction"] = bench_prediction(tmp, clips, repeats, args.quick, args.compare)
+    if args.compare:
+        print("\n".join(header(res) + render_targets(res)))
+        if not args.name:
+            return
     name = args.name or ("speed" if device.type == "cpu" else f"speed_{device.type}")
-    text = render(res) if device.type == "cpu" else render_gpu(res)
+    text = ("\n".join(header(res) + render_targets(res)) if args.compare
+            else render(res) if device.type == "cpu" else render_gpu(res))  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(res, indent=2) + "\n")
     (RESULTS / f"{name}.md").write_text(text)
-    print(text)
+    if not args.compare:
+        print(text)
+
+
+def targets(r: dict) -> list[tuple[str, str, str, str, bool]]:
+    """The targets of fast-on-every-CPU as (target, audiovit, reference, ratio, met), each pair
+    measured in the run ``r``. The bf16 share counts only where bf16 is the faster route."""
+    lat = r["prediction"]["latency_s"]
+    ours = next(v for k, v in lat.items() if "the default (auto)" in k and BACK_TO_BACK in k)
+    tut = lat[TUTORIAL_PREDICTION]
+    f = r["features"]["audio_seconds_per_second"]
+    feats = f[DECODED] / f[LIBROSA_DECODED]
+    rows = [
+        ("one 30 s file ≤ 60 ms (default route)", f"{ours * 1e3:.0f} ms", "", "", ours <= 0.060),
+        ("≥ 20× the tutorial on one 30 s file", f"{ours * 1e3:.0f} ms", f"{tut * 1e3:.0f} ms",
+         f"{tut / ours:.1f}×", tut / ours >= 20),
+        ("decoding + log-mel ≥ 2× librosa", f"{f[DECODED]:.0f} audio-s/s",
+         f"{f[LIBROSA_DECODED]:.0f} audio-s/s", f"{feats:.2f}×", feats >= 2),
+    ]  # fmt: skip
+    t = r["training"]
+    for dtype, goal in (("fp32", 0.6), ("bf16", 0.3)):
+        if dtype == "bf16" and not r.get("bf16_faster"):
+            continue  # bf16 is not how this CPU trains
+        share = t["rows"][f"tiny {dtype}"]["gflop_per_s"] / t["matmul_gflop_per_s"][dtype]
+        rows.append((f"training ViT-tiny ≥ {goal:.0%} of the {dtype} matmul rate",
+                     f"{t['rows'][f'tiny {dtype}']['gflop_per_s']:.0f} GFLOP/s",
+                     f"{t['matmul_gflop_per_s'][dtype]:.0f} GFLOP/s", f"{share:.0%}",
+                     share >= goal))  # fmt: skip
+    if "pretraining" in r:
+        pt = r["pretraining"]["crops_per_s"]
+        rows.append(("pretraining ≥ 300 crops/s", f"{pt:.0f} crops/s", "", "", pt >= 300))
+    return rows
+
+
+def render_targets(r: dict) -> list[str]:
+    lines = ["## Targets (each figure and its reference from this run)", "",
+             "| target | audiovit | reference | ratio | met |", "|---|---|---|---|---|"]  # fmt: skip
+    for name, ours, ref, ratio, met in targets(r):
+        lines.append(f"| {name} | {ours} | {ref} | {ratio} | {'yes' if met else 'no'} |")
+    return lines + [""]
+
+
+def header(r: dict) -> list[str]:
+    return [f"# Speed ({r['date']}, {r['cpu_model']}, {r['cpu_threads']} threads, torch {r['torch']})",
+            "", f"Command: `{r['command']}`. Medians over repeats; ratios are against the "
+            "reference measured in the same run.", "",
+            "bf16 autocast " + ("measured faster than fp32 here (device.cpu_bf16_is_faster): "
+            "training and `--precision auto` use it." if r.get("bf16_faster") else "not faster "
+            "than fp32 here (device.cpu_bf16_is_faster): training runs in fp32, `--precision "
+            "auto` picks int8."), ""]  # fmt: skip
 
 
 def render(r: dict) -> str:
     f = r["features"]["audio_seconds_per_second"]
-    lines = [f"# Speed ({r['date']}, {r['cpu_model']}, {r['cpu_threads']} threads, torch {r['torch']})",
-             "", f"Command: `{r['command']}`. Medians over repeats; ratios are against the "
-             "reference measured in the same run.", "",
-             "bf16 autocast " + ("measured faster than fp32 here (device.cpu_bf16_is_faster): "
-             "training and `--precision auto` use it." if r.get("bf16_faster") else "not faster "
-             "than fp32 here (device.cpu_bf16_is_faster): training runs in fp32, `--precision "
-             "auto` picks int8."), "",
+    lines = header(r) + render_targets(r) + [
              f"## Log-mel features, {r['features']['clip_seconds']:.0f} s clips, "
              f"{r['features']['n_mels']} mel bands",
              "| route | audio-seconds per second | audiovit's speed-up over it |", "|---|---|---|"]  # fmt: skip
-    decoding = ["librosa, load + melspectrogram", "tutorial, load + render to 480×480 PNG"]
-    ours = {"audiovit, decode + log-mel": decoding, CACHE_ROUTE: decoding,
+    decoding = [LIBROSA_DECODED, "tutorial, load + render to 480×480 PNG"]
+    ours = {DECODED: decoding, CACHE_ROUTE: decoding,
             "audiovit, log-mel only": ["librosa, melspectrogram only"]}  # fmt: skip
     for name, v in f.items():
         ratio = " / ".join(f"{f[o] / v:.1f}× ({o.removeprefix('audiovit, ')})"
@@ -410,7 +489,7 @@ def render(r: dict) -> str:
         first = f"{row['first_step_s']:.1f}" if "first_step_s" in row else ""
         lines.append(f"| {name} | {row['clips_per_s']:.2f} | {row['gflop_per_s']:.0f} | "
                      f"{row['gflop_per_s'] / peak:.0%} | {first} |")  # fmt: skip
-    tut = t["rows"]["tutorial ViT-Base, 480×480, fp32"]["clips_per_s"]
+    tut = t["rows"][TUTORIAL_TRAINING]["clips_per_s"]
     best = max(v["clips_per_s"] for k, v in t["rows"].items() if k.startswith("tiny"))
     crops = DEFAULTS.max_crops_per_clip  # the crops of each 30 s clip per epoch
     lines += ["", f"A GTZAN-sized epoch (1000 clips × 30 s): tutorial {1000 / tut / 3600:.1f} h "
@@ -426,7 +505,7 @@ def render(r: dict) -> str:
 
     p = r["prediction"]
     lat = p["latency_s"]
-    tut = lat["tutorial (render + ViT-Base 480×480)"]
+    tut = lat[TUTORIAL_PREDICTION]
     lines += ["", "## Classifying one 30 s file, end to end (decode → label), warm, ViT-tiny",
               "| route | seconds | speed-up over the tutorial |", "|---|---|---|"]  # fmt: skip
     for name, v in lat.items():
