@@ -235,11 +235,14 @@ def bench_training(
             "matmul_gflop_per_s": {k: v / 1e9 for k, v in mm.items()}}  # fmt: skip
 
 
-def bench_pretraining(tmp: Path, quick: bool, device: torch.device = CPU) -> dict:
+def bench_pretraining(
+    tmp: Path, quick: bool, repeats: int, mm: dict, device: torch.device = CPU
+) -> dict:
     """`audiovit pretrain`'s own loop at its defaults (procedural audio, batch 64, 3 s crops,
     75 % hidden), crops per second between its first save and its last: start-up, the first
-    procedural bank and the first steps excluded."""
-    from audiovit.pretrain import PretrainConfig, pretrain
+    procedural bank and the first steps excluded. Then the model's step alone (random crops,
+    no data path) in fp32 and bf16, with its FLOPs against the matmul rates ``mm`` (GFLOP/s)."""
+    from audiovit.pretrain import MaskedAutoencoder, PretrainConfig, pretrain, random_mask
 
     steps = 12 if quick else 30
     cfg = PretrainConfig(steps=steps, save_every=steps // 3, bank=16, device=str(device))
@@ -251,8 +254,33 @@ def bench_pretraining(tmp: Path, quick: bool, device: torch.device = CPU) -> dic
 
     pretrain(cfg, tmp / "pretrain", log=log)
     per_step = (walls[-1] - walls[0]) / (steps - steps // 3)
+
+    n = cfg.n_frames()
+    mae = MaskedAutoencoder(ViT(cfg.model_config(n)), cfg.decoder_width, cfg.decoder_depth)
+    mae = mae.to(device)
+    opt = torch.optim.AdamW(mae.parameters(), lr=1e-4)
+    x = torch.randn(cfg.batch_size, cfg.n_mels, n, device=device) * 20 - 50
+    mask = random_mask(len(x), mae.encoder.grid[0] * mae.encoder.grid[1], cfg.mask_ratio,
+                       torch.Generator().manual_seed(0)).to(device)  # fmt: skip
+    with FlopCounterMode(display=False) as fc:
+        mae(x, mask).backward()
+    flops = float(fc.get_total_flops())
+    model_only = {}
+    for name, amp in (("fp32", None), ("bf16", autocast_dtype(device) or torch.bfloat16)):
+
+        def step(amp=amp):
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                loss = mae(x, mask)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+        t = median_time(step, repeats, warmup=1)
+        model_only[name] = {"crops_per_s": cfg.batch_size / t, "gflop_per_s": flops / t / 1e9,
+                            "share": flops / t / 1e9 / mm[name]}  # fmt: skip
     return {"crops_per_s": cfg.batch_size / per_step, "steps": steps, "batch": cfg.batch_size,
-            "bf16": autocast_dtype(device) is not None}  # fmt: skip
+            "bf16": autocast_dtype(device) is not None, "gflop_per_step": flops / 1e9,
+            "model_only": model_only}  # fmt: skip
 
 
 def bench_prediction(
@@ -392,8 +420,10 @@ def main() -> None:
             + (f" --name {args.name}" if args.name else ""),
             "features": bench_features(clips[:5], repeats, device, args.compare),
             "training": bench_training(repeats, args.quick, device, args.compare),
-            "pretraining": bench_pretraining(tmp, args.quick, device),
         }  # fmt: skip
+        res["pretraining"] = bench_pretraining(
+            tmp, args.quick, repeats, res["training"]["matmul_gflop_per_s"], device
+        )
         if device.type == "cuda":
             res["gpu"] = torch.cuda.get_device_name(device)
             res["prediction"] = bench_prediction_gpu(tmp, clips, repeats, device)
@@ -502,6 +532,17 @@ def render(r: dict) -> str:
         lines += ["", f"Pretraining (`audiovit pretrain` at its defaults: batch {pt['batch']}, "
                   f"3 s crops, 75 % hidden, procedural audio, {'bf16' if pt['bf16'] else 'fp32'}): "
                   f"{pt['crops_per_s']:.0f} crops per second."]  # fmt: skip
+        if "model_only" in pt:
+            lines += ["", f"Its model step alone (random crops, no data path), "
+                      f"{pt['gflop_per_step']:.1f} GFLOP per step of {pt['batch']} crops:", "",
+                      "| dtype | crops/s | GFLOP/s achieved | share of matmul rate |",
+                      "|---|---|---|---|"]  # fmt: skip
+            for name, row in pt["model_only"].items():
+                lines.append(f"| {name} | {row['crops_per_s']:.0f} | {row['gflop_per_s']:.0f} | "
+                             f"{row['share']:.0%} |")  # fmt: skip
+            need = 300 / pt["batch"] * pt["gflop_per_step"]  # GFLOP/s for the target
+            lines += ["", f"300 crops per second would take {need:.0f} GFLOP/s, "
+                      f"{need / max(mm.values()):.1f}× this machine's best matmul rate."]  # fmt: skip
 
     p = r["prediction"]
     lat = p["latency_s"]
