@@ -219,3 +219,29 @@ def test_a_small_data_protocol_keeps_n_clips_per_class_and_training_fold_and_the
         assert sorted(str(it.path) for it in kept if it.label == label) == first[:2]
     # accuracy.py runs the four headline protocols unless it is named
     assert protocols.BENCHMARK == ["fsdd-official", "fsdd-speaker", "gtzan-artist", "us8k"]
+
+
+def test_the_int8_benchmark_scores_one_model_in_fp32_and_both_int8_routes(
+    trained, synth_root, tmp_path
+):
+    pytest.importorskip("onnxruntime")
+    import int8  # benchmarks/int8.py
+
+    from audiovit.features import FeatureCache, LogMel
+    from audiovit.inference import load_model
+
+    items = protocols.data.load_dataset(synth_root).items[::4]
+    scores = int8.compare(trained / "model.pt", items, tmp_path / "cache")
+    clf = load_model(trained / "model.pt", device="cpu", precision="fp32")
+    cache = FeatureCache(tmp_path / "cache", LogMel(clf.feature_cfg))
+    own = protocols.evaluate.evaluate_items(clf, items, cache)[0]
+    assert scores["fp32"] == {"accuracy": own["accuracy"], "n": len(items)}
+    for route in int8.ROUTES:
+        assert scores[route]["n"] == len(items)
+        assert 0 < scores[route]["max_prob_change"] < 0.05  # quantized, and close
+        assert scores[route]["labels_changed"] <= 1
+    row = {"protocol": "synth", "fold": "0", "model": "m.pt", "scores": scores,
+           "hardware": "cpu", "date": "today"}  # fmt: skip
+    assert f"| synth | 0 | `m.pt` | {len(items)} | {own['accuracy']:.3f} |" in int8.render(
+        {"k": row}
+    )
