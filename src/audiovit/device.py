@@ -82,7 +82,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "int8")  # how a Classifier scores windows
 
 def inference_precision(precision: str, device: torch.device) -> str:
     """``auto`` → bf16 where the hardware runs it faster, else int8 on a CPU (the transformer's
-    linear layers dynamically quantized: 1.4× fp32 on a CPU without fast bf16, benchmarks/
+    linear layers dynamically quantized: 1.2-1.4× fp32 on a CPU without fast bf16, benchmarks/
     NOTES.md, "Speed: the targets and the profiles"), else fp32."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
