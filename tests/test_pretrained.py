@@ -1,16 +1,17 @@
 """Starts: a run begun from an audiovit model file or an image checkpoint in timm's layout."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from audiovit import checkpoint, synth
+from audiovit import checkpoint, data, synth
 from audiovit.checkpoint import CheckpointError
 from audiovit.model import ModelConfig, ViT
 from audiovit.pretrained import load_start, load_timm_weights, read_state_dict, start_settings
-from audiovit.train import TrainConfig, build_model
+from audiovit.train import TrainConfig, build_model, train
 from helpers import imagenet_state, run
 
 
@@ -208,3 +209,32 @@ def test_a_jax_npz_checkpoint_reads_as_timm_computes(tmp_path, layout):
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(CheckpointError, match="junk.npz"):
         read_state_dict(tmp_path / "junk.npz")
+
+
+def test_freeze_epochs_train_the_new_head_alone_then_the_whole_model(trained, tmp_path):
+    root = synth.make_dataset(tmp_path / "d", n_per_class=8, classes=["am_tone", "chord", "fm_tone"],
+                              duration=1.0, seed=3)  # fmt: skip
+    ds = data.load_dataset(root)
+    splits = data.make_splits(ds, data.SplitOptions(seed=0, valid_frac=0.2, test_frac=0.0))
+    _, src = _source(trained)
+    cfg = TrainConfig(**start_settings(trained / "model.pt"), init=str(trained / "model.pt"),
+                      epochs=2, batch_size=8, warmup_epochs=0.5, amp=False, max_crop_s=0.8,
+                      cache_dir=str(tmp_path / "cache"))  # fmt: skip
+
+    def body_kept(freeze_epochs: float, out: str) -> tuple[bool, list[str]]:
+        lines: list[str] = []
+        train(
+            ds, splits, replace(cfg, freeze_epochs=freeze_epochs), tmp_path / out, log=lines.append
+        )
+        obj = checkpoint.read_model_file(tmp_path / out / "model.pt")
+        ours = obj["state_dict"]
+        params = [k for k, _ in ViT(ModelConfig(**obj["model_config"])).named_parameters()]
+        body = [k for k in params if not k.startswith("head.") and k != "pos_embed"]
+        return all(torch.equal(ours[k], src[k]) for k in body), lines
+
+    kept, lines = body_kept(2, "probe")  # the whole run: a linear probe
+    assert kept and any("frozen for the whole run (a linear probe)" in s for s in lines)
+    kept, lines = body_kept(1, "lpft")
+    assert not kept and any("frozen for the first" in s for s in lines)
+    with pytest.raises(ValueError, match="give an --init"):
+        TrainConfig(freeze_epochs=1)

@@ -62,6 +62,8 @@ class Trainer:
     amp: torch.dtype | None  # autocast dtype, None: fp32
     ema: WeightAverage | None = None
     teacher: ViT | None = None  # frozen, eval mode
+    frozen: list[nn.Parameter] = field(default_factory=list)  # not updated before freeze_steps
+    freeze_steps: int = 0
 
     @property
     def scored(self) -> ViT:
@@ -91,6 +93,7 @@ def train_epoch(t: Trainer, batches: Batches, step: int) -> tuple[float, float, 
             group["lr"] = t.schedule(step)
         stats = [b.clone() for b in core.buffers()]  # BatchNorm's, put back if the step is skipped
         logits, loss = _loss(t, x, target)
+        freeze = step < t.freeze_steps
         step += 1
         finite = bool(torch.isfinite(loss))
         if w > 1:  # every rank skips the step together, or DDP's all-reduce would hang
@@ -102,6 +105,9 @@ def train_epoch(t: Trainer, batches: Batches, step: int) -> tuple[float, float, 
         bad = 0
         t.opt.zero_grad(set_to_none=True)
         loss.backward()
+        if freeze:  # AdamW skips a tensor without a gradient: no step, no decay, no moments
+            for p in t.frozen:
+                p.grad = None
         torch.nn.utils.clip_grad_norm_(t.net.parameters(), cfg.grad_clip)
         t.opt.step()
         if t.ema is not None:

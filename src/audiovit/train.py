@@ -62,6 +62,15 @@ class TrainConfig:
     lr: float = option(5e-4, "peak AdamW learning rate, reached after warm-up", low=1e-12)
     min_lr: float = option(1e-6, "learning rate at the end of the cosine decay", low=0)
     warmup_epochs: float = option(3.0, "epochs of linear warm-up to the peak rate", low=0)
+    # a linear probe before fine-tuning (Kumar et al., ICLR 2022, "LP-FT"): the body's first
+    # updates then follow a fitted head's gradients, not a random one's; as long as the run, a
+    # linear probe alone, the usual test of what a pretrained body knows
+    freeze_epochs: float = option(
+        0.0,
+        "with --init: epochs at the start that train the head (and any tensor the start lacks) "
+        "alone, the loaded tensors frozen",
+        low=0,
+    )
     weight_decay: float = option(0.05, "AdamW weight decay (not on biases, norms, tokens)", low=0)
     label_smoothing: float = option(0.1, "label smoothing of the cross-entropy", low=0, high=1)
     mixup: float = option(0.0, "Beta(a, a) mixing of pairs in a batch; 0: off", low=0)
@@ -134,6 +143,8 @@ class TrainConfig:
 
     def __post_init__(self):  # wrong settings fail here, not after the features are computed
         check(self)
+        if self.freeze_epochs and not self.init:
+            raise ValueError("freeze_epochs freezes what --init loaded: give an --init")
         self.feature_config()
         self.model_config(n_classes=2, n_frames=self.n_mels)
         if self.teacher:
@@ -194,6 +205,7 @@ def train(
     state = restore(out, cfg, labels, t, log) if resume else LoopState()
     if not resuming:  # a resumed run's start is the one its last.pt names
         state.start = start
+    t.frozen, t.freeze_steps = _frozen(t.model, cfg, state.start, steps, log)
     if distributed.is_main():  # last.pt holds the log of its epochs; a cut epoch left no line
         (out / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in state.log))
     meta = {"train_config": asdict(cfg), "data": run.data_meta(ds, splits, prep, labels, skipped)}
@@ -336,6 +348,24 @@ def _load_init(model: ViT, cfg: TrainConfig, labels: list[str], log) -> dict:
     hint = " (an image model has no conv stem: --stem patch loads its patch embedding)"
     log(start.describe() + (hint if no_stem else ""))
     return start.to_dict()
+
+
+def _frozen(model: ViT, cfg: TrainConfig, start: dict | None, steps: int, log):
+    """The tensors ``cfg.freeze_epochs`` holds still (those the start provided, but the head),
+    and for how many optimiser steps."""
+    if not cfg.freeze_epochs or not start:
+        return [], 0
+    new = set(start["new"])
+    frozen = [p for k, p in model.named_parameters() if k not in new and not k.startswith("head.")]
+    n_steps = int(cfg.freeze_epochs * steps)
+    training = sum(1 for _ in model.parameters()) - len(frozen)
+    until = (
+        "the whole run (a linear probe)"
+        if n_steps >= cfg.epochs * steps
+        else f"the first {n_steps} of {cfg.epochs * steps} steps"
+    )
+    log(f"--freeze-epochs: {len(frozen)} loaded tensors frozen for {until}; {training} train")
+    return frozen, n_steps
 
 
 def _enough_epochs(cfg: TrainConfig, steps: int, log) -> TrainConfig:
