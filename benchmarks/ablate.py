@@ -225,6 +225,8 @@ def main(argv=None) -> int:
     )
     p.add_argument("--folds", nargs="+", help="only these folds (default: all)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
+    p.add_argument("--note", default=None,
+                   help="added to the row's label: a change made in code, not by a setting")  # fmt: skip
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--workers", type=int, default=None,
@@ -265,6 +267,7 @@ def main(argv=None) -> int:
     cfg = replace(TrainConfig(cache_dir=str(args.cache_dir or default_cache_dir())), **change)
     # the device is named by the row's hardware column, not as a change of recipe
     label = ", ".join(f"{k}={v}" for k, v in change.items() if k != "device") or "defaults"
+    label += f"; {args.note}" if args.note else ""
     folder = re.sub(r"[^\w=,.-]+", "_", label)  # an --init path's slashes
     run_args = argparse.Namespace(
         data=args.data, resume=False, runs=ROOT / "runs" / "ablations" / folder

@@ -86,6 +86,19 @@ def test_a_start_on_other_classes_loads_the_body_resamples_the_grid_and_makes_a_
     assert "a new head (other classes)" in start.describe()
 
 
+def test_a_shorter_crop_keeps_the_first_columns_of_the_position_grid(trained):
+    obj, src = _source(trained)
+    cfg = TrainConfig(**start_settings(trained / "model.pt"), init=str(trained / "model.pt"))
+    model = build_model(cfg, n_classes=3, n_frames=obj["model_config"]["n_frames"] // 2)
+    start = load_start(model, cfg.init, ["a", "b", "c"])
+    (f, t), (_, t_new) = ModelConfig(**obj["model_config"]).grid(), model.grid
+    assert start.resampled == ["pos_embed"] and t_new < t
+    old_grid = src["pos_embed"][0, 1:].reshape(f, t, -1)
+    new_grid = model.state_dict()["pos_embed"][0, 1:].reshape(f, t_new, -1)
+    torch.testing.assert_close(new_grid, old_grid[:, :t_new])  # each patch where it was
+    torch.testing.assert_close(model.state_dict()["pos_embed"][0, 0], src["pos_embed"][0, 0])
+
+
 def test_a_start_on_the_same_classes_keeps_the_head(trained):
     obj, src = _source(trained)
     cfg = TrainConfig(**start_settings(trained / "model.pt"), init=str(trained / "model.pt"))

@@ -1,8 +1,9 @@
 """Starting weights: a ViT begun from weights trained elsewhere instead of at random.
 
 Two kinds of start load into a model being trained (``TrainConfig.init``):
-- an audiovit model file: stem, blocks, norms and position embedding (its grid resampled along
-  frequency and time to the new crop), and the head where the classes are the same;
+- an audiovit model file: stem, blocks, norms and position embedding (its grid cut to a shorter
+  crop, resampled to a longer one or another mel count), and the head where the classes are the
+  same;
 - an image-pretrained ViT/DeiT in timm's layout, as the Audio Spectrogram Transformer did: RGB
   patch kernels summed into one channel, the square position grid resampled to the
   spectrogram's.
@@ -236,9 +237,7 @@ def _load_audiovit(model: ViT, path: str | os.PathLike, obj: dict, labels: list[
     state, ours = dict(obj["state_dict"]), model.state_dict()
     resampled = []
     if src.grid() != model.grid:
-        state["pos_embed"] = resample_pos_embed(
-            state["pos_embed"].float(), src.grid(), model.grid, 1
-        )
+        state["pos_embed"] = fit_time_grid(state["pos_embed"].float(), src.grid(), model.grid)
         resampled.append("pos_embed")
     same_classes = list(obj["labels"]) == list(labels)
     if not same_classes:
@@ -256,6 +255,18 @@ def _load_audiovit(model: ViT, path: str | os.PathLike, obj: dict, labels: list[
         data=(meta.get("data") or {}).get("counts"),
         start=meta.get("start"),
     )
+
+
+def fit_time_grid(pos: torch.Tensor, old: tuple[int, int], new: tuple[int, int]) -> torch.Tensor:
+    """An audio model's ``pos_embed`` (1, 1 + F*T, D) for another (F, T) grid. A patch spans the
+    same time whatever the crop, so a shorter crop keeps the first columns, each patch's
+    position where it was; a longer crop, or another mel count, is resampled (bilinear).
+    Stretching a 3 s grid onto a 0.5 s crop instead would space its patches six columns apart."""
+    if new[1] < old[1]:
+        D = pos.shape[-1]
+        grid = pos[:, 1:].reshape(1, old[0], old[1], D)[:, :, : new[1]]
+        pos, old = torch.cat([pos[:, :1], grid.reshape(1, -1, D)], dim=1), (old[0], new[1])
+    return pos if old == new else resample_pos_embed(pos, old, new, 1)
 
 
 def _fold_layer_scale(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
