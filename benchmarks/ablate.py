@@ -130,9 +130,11 @@ def seed_spread(rows: list[dict]) -> list[str]:
         if r["change"].startswith("defaults") and r["change"] not in ("defaults", CURRENT):
             continue  # defaults of an earlier time
         change = r["change"].removesuffix(" (accuracy.json)")  # a reference row: same settings
+        change, _, note = change.partition("; ")  # --note's change made in code
         parts = [] if change in ("defaults", CURRENT) else change.split(", ")
         seed = next((int(p[5:]) for p in parts if p.startswith("seed=")), 0)
         rest = ", ".join(p for p in parts if not p.startswith("seed=")) or "defaults"
+        rest += f"; {note}" if note else ""
         key = (r["protocol"], ",".join(r["only_folds"] or ["all"]), rest,
                kept_cell(r), short_hardware(r.get("hardware")))  # fmt: skip
         groups.setdefault(key, []).append({**r, "seed": seed})

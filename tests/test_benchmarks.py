@@ -245,3 +245,20 @@ def test_the_int8_benchmark_scores_one_model_in_fp32_and_both_int8_routes(
     assert f"| synth | 0 | `m.pt` | {len(items)} | {own['accuracy']:.3f} |" in int8.render(
         {"k": row}
     )
+
+
+def test_seed_spread_groups_seeds_of_one_change_and_keeps_a_code_note_apart():
+    import ablate  # benchmarks/ablate.py
+
+    def row(change: str, acc: float) -> dict:
+        return {"protocol": "fsdd-few", "only_folds": None, "change": change, "accuracy": acc,
+                "balanced_accuracy": acc, "best_accuracy": None, "last_accuracy": acc,
+                "hardware": "cpu"}  # fmt: skip
+
+    rows = [row("lr=0.001", 0.5), row("lr=0.001, seed=1", 0.7),
+            row("lr=0.001, seed=0; cut", 0.2), row("lr=0.001, seed=2; cut", 0.4)]  # fmt: skip
+    lines = [s for s in ablate.seed_spread(rows) if s.startswith("| fsdd-few")]
+    assert len(lines) == 2
+    cut, plain = sorted(lines, key=lambda s: "cut" not in s)
+    assert "| lr=0.001; cut |" in cut and "| 0, 2 | 0.200, 0.400 | 0.300 (0.200-0.400)" in cut
+    assert "| lr=0.001 |" in plain and "| 0, 1 | 0.500, 0.700 | 0.600 (0.500-0.700)" in plain
