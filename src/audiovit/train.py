@@ -64,7 +64,8 @@ class TrainConfig:
     warmup_epochs: float = option(3.0, "epochs of linear warm-up to the peak rate", low=0)
     # a linear probe before fine-tuning (Kumar et al., ICLR 2022, "LP-FT"): the body's first
     # updates then follow a fitted head's gradients, not a random one's; as long as the run, a
-    # linear probe alone, the usual test of what a pretrained body knows
+    # linear probe alone, the usual test of what a pretrained body knows (the conv stem's
+    # BatchNorm statistics still follow the new data: only the optimiser skips frozen tensors)
     freeze_epochs: float = option(
         0.0,
         "with --init: epochs at the start that train the head (and any tensor the start lacks) "
